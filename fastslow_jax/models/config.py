@@ -1,0 +1,121 @@
+"""Model hyper-parameters: one frozen dataclass, validated once, shared by every arm.
+
+An ablation arm is a value of `ModelConfig.arm`, never a different class:
+
+  dense        no slow path at all (the GPT baseline).
+  coupled      slow path + gate, everything trained.
+  gate_frozen  slow path computed, gate held at 0: same cost as coupled, same function as dense.
+  slow_frozen  slow-path parameters held at their init, gate (and fast path) trained.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+ARMS = ('dense', 'coupled', 'gate_frozen', 'slow_frozen')
+GATE_KINDS = ('scalar', 'channel')
+ATTENTION_IMPLS = ('reference', 'xla', 'cudnn')
+DTYPES = ('float32', 'bfloat16', 'float16')
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Decoder-only transformer with an optional fast-slow coupling per layer."""
+
+  arm: str = 'coupled'
+  vocab_size: int = 256
+  seq_len: int = 128  # T: training context length.
+  d_model: int = 128
+  num_layers: int = 2
+  num_heads: int = 4
+  mlp_dim: int = 512  # SwiGLU hidden width.
+  # Slow path.
+  P: int = 16  # Pooling period: one slow step per P tokens (eps = 1/P).
+  slow_layers: str | Sequence[int] = 'all'  # 'all', 'every:k', '0,2,5' or a tuple of layer ids.
+  slow_num_heads: int = 4
+  phi_dim: int = 512  # Hidden width of phi_theta.
+  gate: str = 'scalar'  # 'scalar' or 'channel'.
+  # Shared.
+  tie_embeddings: bool = True
+  rope_theta: float = 10_000.0
+  attention_impl: str = 'reference'  # 'reference' | 'xla' | 'cudnn' (see layers.ATTENTION_BACKENDS).
+  dtype: str = 'float32'  # Compute dtype.
+  param_dtype: str = 'float32'
+  norm_eps: float = 1e-6
+
+  def __post_init__(self):
+    _check(self.arm in ARMS, 'arm', self.arm, f'choose one of {", ".join(ARMS)}')
+    _check(self.gate in GATE_KINDS, 'gate', self.gate, "choose 'scalar' or 'channel'")
+    _check(self.attention_impl in ATTENTION_IMPLS, 'attention_impl', self.attention_impl,
+           f'choose one of {", ".join(ATTENTION_IMPLS)}')
+    for field in ('dtype', 'param_dtype'):
+      _check(getattr(self, field) in DTYPES, field, getattr(self, field),
+             f'choose one of {", ".join(DTYPES)}')
+    for field in ('vocab_size', 'seq_len', 'd_model', 'num_layers', 'num_heads', 'mlp_dim', 'P',
+                  'slow_num_heads', 'phi_dim'):
+      _check(getattr(self, field) > 0, field, getattr(self, field), 'use a positive integer')
+    _check(self.d_model % self.num_heads == 0, 'num_heads', self.num_heads,
+           f'it must divide model.d_model={self.d_model}; pick a divisor of {self.d_model}')
+    _check((self.d_model // self.num_heads) % 2 == 0, 'num_heads', self.num_heads,
+           'model.d_model / model.num_heads must be even for rotary embeddings')
+    if self.has_slow_path:
+      _check(self.seq_len % self.P == 0, 'seq_len', self.seq_len,
+             f'it must be a multiple of model.P={self.P}; use e.g. '
+             f'{max(self.P, self.seq_len // self.P * self.P)} or {(self.seq_len // self.P + 1) * self.P}')
+      _check(self.d_model % self.slow_num_heads == 0, 'slow_num_heads', self.slow_num_heads,
+             f'it must divide model.d_model={self.d_model}; pick a divisor of {self.d_model}')
+      _check((self.d_model // self.slow_num_heads) % 2 == 0, 'slow_num_heads', self.slow_num_heads,
+             'model.d_model / model.slow_num_heads must be even for rotary embeddings')
+      self.slow_layer_ids  # Validates the layer selection.
+
+  @classmethod
+  def from_mapping(cls, cfg: Mapping[str, Any]) -> ModelConfig:
+    """Builds from a dict or `ml_collections.ConfigDict` (e.g. `config.model`); unknown keys fail."""
+    cfg = dict(cfg.to_dict() if hasattr(cfg, 'to_dict') else cfg)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(cfg) - known)
+    if unknown:
+      raise ValueError(f'unknown model field(s) {unknown}: valid fields are {sorted(known)}')
+    return cls(**cfg)
+
+  @property
+  def has_slow_path(self) -> bool:
+    return self.arm != 'dense'
+
+  @property
+  def head_dim(self) -> int:
+    return self.d_model // self.num_heads
+
+  @property
+  def slow_head_dim(self) -> int:
+    return self.d_model // self.slow_num_heads
+
+  @property
+  def slow_layer_ids(self) -> tuple[int, ...]:
+    """Indices of the layers that carry a slow path (empty for `dense`)."""
+    if not self.has_slow_path:
+      return ()
+    spec, n = self.slow_layers, self.num_layers
+    fix = "use 'all', 'every:k' (k >= 1) or comma-separated layer ids below model.num_layers"
+    if isinstance(spec, str):
+      spec = spec.strip()
+      if spec == 'all':
+        return tuple(range(n))
+      if spec.startswith('every:'):
+        k = spec.removeprefix('every:')
+        _check(k.isdigit() and int(k) >= 1, 'slow_layers', self.slow_layers, fix)
+        k = int(k)
+        return tuple(i for i in range(n) if (i + 1) % k == 0)
+      parts = [p.strip() for p in spec.split(',') if p.strip()]
+      _check(all(p.isdigit() for p in parts), 'slow_layers', self.slow_layers, fix)
+      spec = [int(p) for p in parts]
+    ids = tuple(sorted(set(int(i) for i in spec)))
+    _check(bool(ids) and all(0 <= i < n for i in ids), 'slow_layers', self.slow_layers, fix)
+    return ids
+
+
+def _check(ok: bool, field: str, value: Any, fix: str) -> None:
+  if not ok:
+    raise ValueError(f'model.{field}={value!r} is invalid: {fix}.')

@@ -1,0 +1,89 @@
+"""The fast-slow block.
+
+    x  = norm(h)
+    h <- h + FastAttn(x) + g * Broadcast(phi_theta(SlowAttn(Pool(x))))
+    h <- h + MLP(norm(h))
+
+Causality (the rule every function below keeps): pooled block j is the mean of x over tokens
+[jP, (j+1)P); block j attends to blocks <= j; token t reads block (t+1)//P - 1, i.e. only blocks
+that are complete at t, and zero while none is. The gate g starts at zero, so a fresh block is
+exactly a dense transformer block; phi_theta keeps its ordinary (non-zero) init so that g receives
+a gradient from the first step.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from fastslow_jax.models.config import ModelConfig
+from fastslow_jax.models.layers import CausalSelfAttention, RMSNorm, SwiGLU, constrain, param
+
+Array = jax.Array
+
+
+def block_mean_pool(x: Array, P: int) -> Array:
+  """[B, T, D] -> [B, ceil(T/P), D]; block j is the mean of tokens [jP, (j+1)P).
+
+  A trailing incomplete block (T not a multiple of P, inference only) is padded; no token ever
+  reads it, because token t only reads blocks j < (t+1)//P.
+  """
+  b, t, d = x.shape
+  x = jnp.pad(x, ((0, 0), (0, -t % P), (0, 0)))
+  return x.reshape(b, -1, P, d).mean(axis=2)
+
+
+def broadcast_completed_blocks(y: Array, P: int, T: int) -> Array:
+  """[B, N, D] -> [B, T, D]: token t gets y[(t+1)//P - 1], and zero before block 0 is complete.
+
+  Repeating each block P times gives token t block t//P; shifting right by P-1 turns that into
+  block (t-P+1)//P = (t+1)//P - 1, with the P-1 leading tokens padded by zeros.
+  """
+  per_token = jnp.repeat(y, P, axis=1)
+  return jnp.pad(per_token, ((0, 0), (P - 1, 0), (0, 0)))[:, :T]
+
+
+class SlowPath(nnx.Module):
+  """phi_theta(SlowAttn(Pool(x))): a slow sub-system stepping once per P tokens."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+    self.attn = CausalSelfAttention(cfg.d_model, cfg.slow_num_heads, rope_theta=cfg.rope_theta,
+                                    impl=cfg.attention_impl, dtype=dtype, param_dtype=param_dtype,
+                                    rngs=rngs)
+    self.phi = SwiGLU(cfg.d_model, cfg.phi_dim, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.P = cfg.P
+
+  def __call__(self, x: Array) -> Array:
+    """Normalised layer input [B, T, D] -> slow output per pooled block [B, ceil(T/P), D]."""
+    pooled = block_mean_pool(x, self.P)  # y_j = mean of the P tokens of block j.
+    y = self.attn(pooled)  # Block-causal: block j attends to blocks <= j.
+    return self.phi(y)  # phi_theta(y): the slow state mapped back to the fast space.
+
+
+class Block(nnx.Module):
+  """Pre-norm transformer block; with `slow=True`, the fast-slow block of the module docstring."""
+
+  def __init__(self, cfg: ModelConfig, *, slow: bool, rngs: nnx.Rngs, slow_rngs: nnx.Rngs):
+    dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+    kw = dict(dtype=dtype, param_dtype=param_dtype)
+    self.attn_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps, rngs=rngs, **kw)
+    self.fast = CausalSelfAttention(cfg.d_model, cfg.num_heads, rope_theta=cfg.rope_theta,
+                                    impl=cfg.attention_impl, rngs=rngs, **kw)
+    self.mlp_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps, rngs=rngs, **kw)
+    self.mlp = SwiGLU(cfg.d_model, cfg.mlp_dim, rngs=rngs, **kw)
+    self.slow = SlowPath(cfg, rngs=slow_rngs) if slow else None
+    if slow:
+      shape, axes = ((), ()) if cfg.gate == 'scalar' else ((cfg.d_model,), ('norm',))
+      self.gate = param(slow_rngs, nnx.initializers.zeros, shape, axes, param_dtype)
+    self.P = cfg.P
+
+  def __call__(self, h: Array) -> Array:
+    x = self.attn_norm(h)
+    update = self.fast(x)
+    if self.slow is not None:
+      g = self.gate[...].astype(update.dtype)
+      update = update + g * broadcast_completed_blocks(self.slow(x), self.P, h.shape[1])
+    h = constrain(h + update, ('batch', 'length', 'embed'))
+    return constrain(h + self.mlp(self.mlp_norm(h)), ('batch', 'length', 'embed'))

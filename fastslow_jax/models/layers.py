@@ -1,0 +1,168 @@
+"""Shared layers: embedding, RMSNorm, rotary positions, causal attention, SwiGLU, output head.
+
+Every parameter is an `nnx.Param` that carries logical axis names under the `out_sharding`
+metadata key (vocab, embed, heads, kv, mlp, norm); the training pipeline maps them onto mesh axes
+with logical rules. Parameters live in `param_dtype`; compute happens in `dtype`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from flax.core import spmd as flax_spmd
+from jax.sharding import PartitionSpec as P
+
+Array = jax.Array
+default_init = nnx.initializers.variance_scaling(1.0, 'fan_in', 'truncated_normal')
+embed_init = nnx.initializers.normal(stddev=0.02)
+
+
+def param(rngs: nnx.Rngs, init, shape: tuple[int, ...], axes: tuple[str | None, ...],
+          dtype) -> nnx.Param:
+  """An `nnx.Param` initialised by `init` and annotated with logical axis names."""
+  assert len(shape) == len(axes), (shape, axes)
+  return nnx.Param(init(rngs.params(), shape, dtype), out_sharding=axes)
+
+
+def constrain(x: Array, axes: tuple[str | None, ...]) -> Array:
+  """Sharding hint for an activation by logical axis names; a no-op outside a mesh and rules."""
+  rules = flax_spmd.get_logical_axis_rules()
+  if jax.sharding.get_abstract_mesh().empty or not rules:
+    return x
+  return jax.lax.with_sharding_constraint(x, P(*flax_spmd.from_sharding_rules(axes, rules)))
+
+
+# --------------------------------------------------------------------------- attention backends
+
+
+def _reference_attention(q: Array, k: Array, v: Array, causal: bool) -> Array:
+  """Plain softmax attention; masked logits are set to -inf (never a finite stand-in)."""
+  scale = q.shape[-1] ** -0.5
+  logits = jnp.einsum('bqhd,bkhd->bhqk', q, k, preferred_element_type=jnp.float32) * scale
+  if causal:
+    tq, tk = q.shape[1], k.shape[1]
+    mask = jnp.arange(tq)[:, None] >= jnp.arange(tk)[None, :]
+    logits = jnp.where(mask, logits, -jnp.inf)
+  weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+  return jnp.einsum('bhqk,bkhd->bqhd', weights, v)
+
+
+def _jax_nn_attention(implementation: str | None) -> Callable[..., Array]:
+  def attend(q, k, v, causal):
+    return jax.nn.dot_product_attention(q, k, v, is_causal=causal, implementation=implementation)
+  return attend
+
+
+# One switch for every attention in the zoo. Add fused kernels (e.g. TPU splash) here.
+ATTENTION_BACKENDS: dict[str, Callable[..., Array]] = {
+    'reference': _reference_attention,
+    'xla': _jax_nn_attention('xla'),
+    'cudnn': _jax_nn_attention('cudnn'),
+}
+
+
+def attention(q: Array, k: Array, v: Array, *, causal: bool, impl: str = 'reference') -> Array:
+  """Multi-head attention on [B, T, H, D] tensors through the selected backend."""
+  return ATTENTION_BACKENDS[impl](q, k, v, causal)
+
+
+# --------------------------------------------------------------------------- rotary positions
+
+
+def rotary(x: Array, positions: Array, theta: float) -> Array:
+  """Rotary position embedding of x [B, T, H, D] at integer `positions` [T]."""
+  half = x.shape[-1] // 2
+  freq = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
+  angle = positions.astype(jnp.float32)[:, None] * freq[None, :]  # [T, D/2]
+  sin, cos = jnp.sin(angle)[None, :, None, :], jnp.cos(angle)[None, :, None, :]
+  x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+  return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
+
+
+# --------------------------------------------------------------------------- modules
+
+
+class Embed(nnx.Module):
+  """Token embedding; `attend` reuses the table as a tied output head."""
+
+  def __init__(self, vocab_size: int, d_model: int, *, dtype, param_dtype, rngs: nnx.Rngs):
+    self.table = param(rngs, embed_init, (vocab_size, d_model), ('vocab', 'embed'), param_dtype)
+    self.dtype = dtype
+
+  def __call__(self, tokens: Array) -> Array:
+    return jnp.take(self.table[...], tokens, axis=0).astype(self.dtype)
+
+  def attend(self, x: Array) -> Array:
+    return jnp.einsum('btd,vd->btv', x, self.table[...].astype(self.dtype),
+                      preferred_element_type=jnp.float32)
+
+
+class RMSNorm(nnx.Module):
+  def __init__(self, dim: int, *, eps: float, dtype, param_dtype, rngs: nnx.Rngs):
+    self.scale = param(rngs, nnx.initializers.ones, (dim,), ('norm',), param_dtype)
+    self.eps, self.dtype = eps, dtype
+
+  def __call__(self, x: Array) -> Array:
+    x32 = x.astype(jnp.float32)
+    x32 = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.eps)
+    return (x32 * self.scale[...].astype(jnp.float32)).astype(self.dtype)
+
+
+class CausalSelfAttention(nnx.Module):
+  """Causal multi-head self-attention with rotary positions, over a sequence of d_model vectors.
+
+  Used twice in a fast-slow block: over the T tokens (fast) and over the T/P pooled blocks (slow),
+  each with its own projections and head count.
+  """
+
+  def __init__(self, d_model: int, num_heads: int, *, rope_theta: float, impl: str, dtype,
+               param_dtype, rngs: nnx.Rngs):
+    head_dim = d_model // num_heads
+    shape, axes = (d_model, num_heads, head_dim), ('embed', 'heads', 'kv')
+    self.wq = param(rngs, default_init, shape, axes, param_dtype)
+    self.wk = param(rngs, default_init, shape, axes, param_dtype)
+    self.wv = param(rngs, default_init, shape, axes, param_dtype)
+    out_init = nnx.initializers.variance_scaling(1.0, 'fan_in', 'truncated_normal', in_axis=(0, 1),
+                                                 out_axis=2)
+    self.wo = param(rngs, out_init, (num_heads, head_dim, d_model), ('heads', 'kv', 'embed'),
+                    param_dtype)
+    self.rope_theta, self.impl, self.dtype = rope_theta, impl, dtype
+
+  def __call__(self, x: Array) -> Array:
+    cast = lambda w: w[...].astype(self.dtype)
+    positions = jnp.arange(x.shape[1])
+    q = rotary(jnp.einsum('btd,dhk->bthk', x, cast(self.wq)), positions, self.rope_theta)
+    k = rotary(jnp.einsum('btd,dhk->bthk', x, cast(self.wk)), positions, self.rope_theta)
+    v = jnp.einsum('btd,dhk->bthk', x, cast(self.wv))
+    out = attention(q, k, v, causal=True, impl=self.impl)
+    return jnp.einsum('bthk,hkd->btd', out, cast(self.wo))
+
+
+class SwiGLU(nnx.Module):
+  """silu(x W_gate) * (x W_up) W_down. Also serves as phi_theta on the slow states."""
+
+  def __init__(self, d_model: int, hidden: int, *, dtype, param_dtype, rngs: nnx.Rngs):
+    self.w_gate = param(rngs, default_init, (d_model, hidden), ('embed', 'mlp'), param_dtype)
+    self.w_up = param(rngs, default_init, (d_model, hidden), ('embed', 'mlp'), param_dtype)
+    self.w_down = param(rngs, default_init, (hidden, d_model), ('mlp', 'embed'), param_dtype)
+    self.dtype = dtype
+
+  def __call__(self, x: Array) -> Array:
+    cast = lambda w: w[...].astype(self.dtype)
+    h = jax.nn.silu(x @ cast(self.w_gate)) * (x @ cast(self.w_up))
+    return h @ cast(self.w_down)
+
+
+class LMHead(nnx.Module):
+  """Untied output projection to vocabulary logits (float32)."""
+
+  def __init__(self, d_model: int, vocab_size: int, *, dtype, param_dtype, rngs: nnx.Rngs):
+    self.w = param(rngs, default_init, (d_model, vocab_size), ('embed', 'vocab'), param_dtype)
+    self.dtype = dtype
+
+  def __call__(self, x: Array) -> Array:
+    return jnp.einsum('btd,dv->btv', x, self.w[...].astype(self.dtype),
+                      preferred_element_type=jnp.float32)

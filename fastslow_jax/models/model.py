@@ -1,0 +1,97 @@
+"""The decoder (every arm) and the public model API: build, trainable filter, gate read-out."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from fastslow_jax.models.config import ModelConfig
+from fastslow_jax.models.fastslow import Block
+from fastslow_jax.models.layers import Embed, LMHead, RMSNorm, constrain
+
+# Stream offset for slow-path parameters, so an arm's fast parameters do not depend on whether
+# slow paths exist: `dense`, `coupled` and the frozen arms built with one seed share them.
+_SLOW_STREAM = 1
+
+
+class Decoder(nnx.Module):
+  """Decoder-only language model: tokens [B, T] int32 -> logits [B, T, V] float32."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    self.config = cfg
+    dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+    slow_rngs = nnx.Rngs(params=jax.random.fold_in(rngs.params.key[...], _SLOW_STREAM))
+    self.embed = Embed(cfg.vocab_size, cfg.d_model, dtype=dtype, param_dtype=param_dtype,
+                       rngs=rngs)
+    slow_ids = cfg.slow_layer_ids
+    self.blocks = nnx.List([Block(cfg, slow=i in slow_ids, rngs=rngs, slow_rngs=slow_rngs)
+                            for i in range(cfg.num_layers)])
+    self.final_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps, dtype=dtype, param_dtype=param_dtype,
+                              rngs=rngs)
+    self.head = None if cfg.tie_embeddings else LMHead(
+        cfg.d_model, cfg.vocab_size, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+
+  def __call__(self, tokens: jax.Array) -> jax.Array:
+    h = constrain(self.embed(tokens), ('batch', 'length', 'embed'))
+    for block in self.blocks:
+      h = block(h)
+    h = self.final_norm(h)
+    logits = self.embed.attend(h) if self.head is None else self.head(h)
+    return constrain(logits, ('batch', 'length', 'vocab'))
+
+
+def build(config: ModelConfig | Mapping[str, Any], rngs: nnx.Rngs | int = 0) -> Decoder:
+  """Builds the model of any arm.
+
+  Args:
+    config: a `ModelConfig`, or a dict / `ml_collections.ConfigDict` of its fields
+      (e.g. `config.model` of a training config).
+    rngs: `nnx.Rngs` with a `params` stream, or an int seed.
+
+  Returns:
+    An NNX `Decoder`; `model(tokens)` maps int32 tokens [B, T] to float32 logits [B, T, V].
+    Parameters carry logical axis names; sharding them is the caller's business (see
+    `fastslow_jax.sharding`), so no mesh is needed here.
+  """
+  if not isinstance(config, ModelConfig):
+    config = ModelConfig.from_mapping(config)
+  if isinstance(rngs, int):
+    rngs = nnx.Rngs(params=rngs)
+  with nnx.use_eager_sharding(False):
+    return Decoder(config, rngs=rngs)
+
+
+def trainable_filter(config: ModelConfig) -> nnx.filterlib.Filter:
+  """The NNX filter of parameters that an arm trains; everything else stays at its init.
+
+  `gate_frozen` holds every `gate` at zero; `slow_frozen` holds every parameter under a `slow`
+  path (slow attention and phi_theta) at its init while the gates learn.
+  """
+  frozen = {'gate_frozen': 'gate', 'slow_frozen': 'slow'}.get(config.arm)
+  if frozen is None:
+    return nnx.Param
+  return nnx.All(nnx.Param, nnx.Not(nnx.PathContains(frozen)))
+
+
+def trainable_mask(model: Decoder) -> nnx.State:
+  """State of booleans shaped like `nnx.state(model, nnx.Param)`: True where the arm trains."""
+  params = nnx.state(model, nnx.Param)
+  trainable = set(path for path, _ in nnx.to_flat_state(
+      nnx.state(model, trainable_filter(model.config))))
+  return nnx.map_state(lambda path, _: path in trainable, params)
+
+
+def gate_values(params: nnx.State | Decoder) -> dict[str, float]:
+  """Mean gate value per slow layer, keyed 'layer_<i>' (empty for `dense`)."""
+  if isinstance(params, nnx.Module):
+    params = nnx.state(params, nnx.Param)
+  return {f'layer_{path[1]}': float(jnp.mean(jnp.asarray(value)))
+          for path, value in nnx.to_flat_state(params) if 'gate' in path}
+
+
+def param_count(model: Decoder, which: nnx.filterlib.Filter = nnx.Param) -> int:
+  return sum(x.size for x in jax.tree.leaves(nnx.state(model, which)))
