@@ -44,6 +44,7 @@ class ModelConfig:
   dtype: str = 'float32'  # Compute dtype.
   param_dtype: str = 'float32'
   norm_eps: float = 1e-6
+  remat: bool = False  # Rematerialise each block in the backward pass (saves activation memory).
 
   def __post_init__(self):
     _check(self.arm in ARMS, 'arm', self.arm, f'choose one of {", ".join(ARMS)}')
@@ -98,7 +99,8 @@ class ModelConfig:
     if not self.has_slow_path:
       return ()
     spec, n = self.slow_layers, self.num_layers
-    fix = "use 'all', 'every:k' (k >= 1) or comma-separated layer ids below model.num_layers"
+    fix = ("use 'all', 'every:k' (1 <= k <= model.num_layers) or comma-separated layer ids below "
+           'model.num_layers')
     if isinstance(spec, str):
       spec = spec.strip()
       if spec == 'all':
@@ -106,8 +108,9 @@ class ModelConfig:
       if spec.startswith('every:'):
         k = spec.removeprefix('every:')
         _check(k.isdigit() and int(k) >= 1, 'slow_layers', self.slow_layers, fix)
-        k = int(k)
-        return tuple(i for i in range(n) if (i + 1) % k == 0)
+        ids = tuple(i for i in range(n) if (i + 1) % int(k) == 0)
+        _check(bool(ids), 'slow_layers', self.slow_layers, fix)  # k > num_layers: no slow layer.
+        return ids
       parts = [p.strip() for p in spec.split(',') if p.strip()]
       _check(all(p.isdigit() for p in parts), 'slow_layers', self.slow_layers, fix)
       spec = [int(p) for p in parts]

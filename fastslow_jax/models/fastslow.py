@@ -85,5 +85,5 @@ class Block(nnx.Module):
     if self.slow is not None:
       g = self.gate[...].astype(update.dtype)
       update = update + g * broadcast_completed_blocks(self.slow(x), self.P, h.shape[1])
-    h = constrain(h + update, ('batch', 'length', 'embed'))
-    return constrain(h + self.mlp(self.mlp_norm(h)), ('batch', 'length', 'embed'))
+    h = constrain(h + update, ('batch', 'length', None))
+    return constrain(h + self.mlp(self.mlp_norm(h)), ('batch', 'length', None))

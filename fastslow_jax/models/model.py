@@ -36,9 +36,9 @@ class Decoder(nnx.Module):
         cfg.d_model, cfg.vocab_size, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
   def __call__(self, tokens: jax.Array) -> jax.Array:
-    h = constrain(self.embed(tokens), ('batch', 'length', 'embed'))
+    h = constrain(self.embed(tokens), ('batch', 'length', None))
     for block in self.blocks:
-      h = block(h)
+      h = nnx.remat(Block.__call__)(block, h) if self.config.remat else block(h)
     h = self.final_norm(h)
     logits = self.embed.attend(h) if self.head is None else self.head(h)
     return constrain(logits, ('batch', 'length', 'vocab'))
@@ -93,5 +93,8 @@ def gate_values(params: nnx.State | Decoder) -> dict[str, float]:
           for path, value in nnx.to_flat_state(params) if 'gate' in path}
 
 
-def param_count(model: Decoder, which: nnx.filterlib.Filter = nnx.Param) -> int:
-  return sum(x.size for x in jax.tree.leaves(nnx.state(model, which)))
+def param_count(params: nnx.State | Decoder) -> int:
+  """Number of parameter scalars of a model or a parameter state."""
+  if isinstance(params, nnx.Module):
+    params = nnx.state(params, nnx.Param)
+  return sum(x.size for x in jax.tree.leaves(params))

@@ -1,0 +1,112 @@
+r"""Step time, throughput, FLOP/s and memory: dense vs coupled, over T and P.
+
+    python -m experiments.bench                      # small size, T in {256, 1024}, P in {8, 16, 32}
+    python -m experiments.bench --size=124m --batch_size=32 --seq_lens=1024,2048
+
+Each row is one jitted train step (forward, backward, AdamW) on random tokens, timed over
+`--steps` calls after `--warmup`, median reported. FLOP/s uses the analytic training count with
+causal attention counted honestly. Memory is XLA's compiled estimate (arguments + outputs +
+temporaries) and, where the device reports it, the measured peak. The last column is the step-time
+ratio of each coupled row to the dense row with the same T (target at P=16, T=1024: <= 1.05).
+"""
+
+from __future__ import annotations
+
+import pathlib
+import statistics
+import time
+
+import jax
+import numpy as np
+from absl import app, flags
+
+from fastslow_jax import configlib, metrics, models, train
+
+_SIZE = flags.DEFINE_string('size', 'small', 'Model size from configs/fastslow.py.')
+_SEQ_LENS = flags.DEFINE_list('seq_lens', ['256', '1024'], 'Sequence lengths T.')
+_PS = flags.DEFINE_list('Ps', ['8', '16', '32'], 'Pooling periods for the coupled arm.')
+_BATCH = flags.DEFINE_integer('batch_size', 4, 'Global batch (sequences).')
+_STEPS = flags.DEFINE_integer('steps', 5, 'Timed steps per row.')
+_WARMUP = flags.DEFINE_integer('warmup', 2, 'Untimed steps per row (after compilation).')
+_IMPL = flags.DEFINE_string('attention_impl', 'reference', 'reference | xla | cudnn.')
+_DTYPE = flags.DEFINE_string('dtype', None, 'Compute dtype (default: the size\'s).')
+_MESH = flags.DEFINE_string('mesh', '-1,1,1', 'data,fsdp,tensor.')
+
+CONFIG = pathlib.Path(__file__).resolve().parents[1] / 'configs' / 'fastslow.py'
+
+
+def bench_one(arm: str, T: int, P: int) -> dict:
+  """Times one configuration; returns its row."""
+  data, fsdp, tensor = (int(x) for x in _MESH.value.split(','))
+  overrides = {'model.seq_len': T, 'model.vocab_size': 256, 'batch_size': _BATCH.value,
+               'model.attention_impl': _IMPL.value, 'mesh.data': data, 'mesh.fsdp': fsdp,
+               'mesh.tensor': tensor}
+  if _DTYPE.value:
+    overrides['model.dtype'] = _DTYPE.value
+  config = train.resolve_config(configlib.load(f'{CONFIG}:arm={arm},size={_SIZE.value},P={P}',
+                                               overrides))
+  setup = train.Setup(config)
+  state = setup.init_state()
+  compile_start = time.perf_counter()
+  step = setup.compile_train_step(config.batch_size)
+  compile_s = time.perf_counter() - compile_start
+  memory = step.memory_analysis()
+  estimate = sum(getattr(memory, f, 0) or 0 for f in
+                 ('argument_size_in_bytes', 'output_size_in_bytes', 'temp_size_in_bytes'))
+  rng = np.random.default_rng(0)
+  tokens = setup.global_batch(rng.integers(0, 256, (config.batch_size, T + 1), dtype=np.int32))
+  times = []
+  with setup.activate():
+    for i in range(_WARMUP.value + _STEPS.value):
+      start = time.perf_counter()
+      state, m = step(state, tokens)
+      jax.block_until_ready(m)
+      if i >= _WARMUP.value:
+        times.append(time.perf_counter() - start)
+  step_s = statistics.median(times)
+  flops = models.flops_per_token(setup.model_config)
+  tokens_per_s = config.batch_size * T / step_s
+  stats = jax.devices()[0].memory_stats() or {}
+  peak = metrics.peak_flops()
+  return {'arm': arm, 'T': T, 'P': P if arm != 'dense' else None, 'step_s': step_s,
+          'steps_per_s': 1 / step_s, 'tokens_per_s': tokens_per_s,
+          'tflops_per_s': tokens_per_s * flops.total / 1e12,
+          'mfu': tokens_per_s * flops.total / (peak * jax.device_count()) if peak else None,
+          'slow_flop_share': flops.slow / flops.total, 'compile_s': compile_s,
+          'mem_estimate_gib': estimate / 2**30,
+          'mem_peak_gib': stats.get('peak_bytes_in_use', 0) / 2**30 or None,
+          'params': models.param_count(state.params)}
+
+
+def format_table(rows: list[dict]) -> str:
+  dense = {r['T']: r['step_s'] for r in rows if r['arm'] == 'dense'}
+  header = (f'{"arm":<8} {"T":>5} {"P":>3} {"params":>11} {"step ms":>9} {"tok/s":>10} '
+            f'{"TFLOP/s":>8} {"MFU":>6} {"slow%":>6} {"mem GiB":>8} {"peak GiB":>8} {"vs dense":>8}')
+  lines = [header, '-' * len(header)]
+  for r in rows:
+    ratio = r['step_s'] / dense[r['T']] if r['T'] in dense else float('nan')
+    mfu = f'{r["mfu"]:.1%}' if r['mfu'] is not None else '-'
+    peak = f'{r["mem_peak_gib"]:.2f}' if r['mem_peak_gib'] else '-'
+    lines.append(f'{r["arm"]:<8} {r["T"]:>5} {r["P"] or "-":>3} {r["params"]:>11,} '
+                 f'{r["step_s"] * 1e3:>9.1f} {r["tokens_per_s"]:>10,.0f} {r["tflops_per_s"]:>8.3f} '
+                 f'{mfu:>6} {r["slow_flop_share"]:>6.1%} {r["mem_estimate_gib"]:>8.3f} {peak:>8} '
+                 f'{ratio:>8.3f}')
+  return '\n'.join(lines)
+
+
+def main(argv):
+  del argv
+  print(f'{jax.device_count()} x {jax.devices()[0].device_kind}, size={_SIZE.value}, '
+        f'batch={_BATCH.value}, attention={_IMPL.value}')
+  rows = []
+  for T in (int(t) for t in _SEQ_LENS.value):
+    rows.append(bench_one('dense', T, int(_PS.value[0])))
+    for P in (int(p) for p in _PS.value):
+      rows.append(bench_one('coupled', T, P))
+    print(format_table(rows), flush=True)
+  print()
+  print(format_table(rows))
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,108 @@
+r"""Evaluate a run's checkpoint on whatever devices are here.
+
+    python -m fastslow_jax.evaluate --workdir=/tmp/run [--step=N] [--split=validation]
+
+Restores parameters only (no optimizer state) onto a mesh built for the local devices, runs a
+fixed number of batches in a fixed order, prints and writes DIR/eval_<split>_<step>.json: loss,
+perplexity, bits per byte (text) or per token (synthetic), tokens evaluated, the gap to the Bayes
+optimum (synthetic source) and the gate value per layer.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+import sys
+from typing import Any
+
+import jax
+import ml_collections
+from absl import app, flags, logging
+
+from fastslow_jax import checkpointing, data, distributed, models, train
+
+def load_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
+  """The resolved config a training run wrote to its workdir."""
+  path = pathlib.Path(workdir) / train.CONFIG_FILE
+  if not path.exists():
+    raise ValueError(f'{path} not found: --workdir must be a directory written by '
+                     'fastslow_jax.train.')
+  return ml_collections.ConfigDict(json.loads(path.read_text()))
+
+
+def evaluate(workdir: str, *, step: int | None = None, split: str = 'validation',
+             num_batches: int | None = None, mesh: str = '1,-1,1',
+             devices=None) -> dict[str, Any]:
+  """Evaluates the checkpoint at `step` (default latest) of `workdir`; returns the results."""
+  config = load_config(workdir)
+  config.mesh.data, config.mesh.fsdp, config.mesh.tensor = (int(s) for s in mesh.split(','))
+  setup = train.Setup(config, devices)
+  mngr = checkpointing.manager(workdir, read_only=True)
+  step = mngr.latest_step() if step is None else step
+  if step is None or step not in mngr.all_steps():
+    raise ValueError(f'no checkpoint at step {step} in {workdir} (have {list(mngr.all_steps())}): '
+                     'pass an existing --step or train first.')
+  abstract = setup.abstract_state_with_sharding().params
+  with setup.activate():
+    params = checkpointing.restore_params(mngr, step, abstract)
+  mngr.close()
+
+  dataset = data.make_dataset(config.data, seq_len=config.model.seq_len, split=split)
+  result = train.validation_loss(setup, setup.compile_eval_step(), params, dataset,
+                                 num_batches or config.eval_batches)
+  loss = result['loss']
+  unit = dataset.bits_per_token_unit
+  out = {
+      'step': int(step), 'split': split, 'arm': config.model.arm, 'P': config.model.P,
+      'loss': loss, 'perplexity': math.exp(min(loss, 700.0)),
+      f'bits_per_{unit}': loss / math.log(2), 'tokens': int(result['tokens']),
+      'gate': models.gate_values(params),
+  }
+  if config.data.kind == 'synthetic':
+    optimum = data.bayes_optimal_ce(config.data, seq_len=config.model.seq_len,
+                                    num_windows=result['windows'], split=split)
+    out['bayes_optimal_loss'] = optimum
+    out['gap_to_optimum'] = loss - optimum
+  if jax.process_index() == 0:
+    path = pathlib.Path(workdir) / f'eval_{split}_{step}.json'
+    path.write_text(json.dumps(out, indent=2) + '\n')
+  return out
+
+
+def format_result(out: dict[str, Any]) -> str:
+  """A small aligned table of an evaluation result."""
+  rows = [(k, f'{v:.4f}' if isinstance(v, float) else str(v)) for k, v in out.items()
+          if k != 'gate']
+  rows += [(f'gate/{k}', f'{v:+.4f}') for k, v in out['gate'].items()]
+  width = max(len(k) for k, _ in rows)
+  return '\n'.join(f'{k:<{width}}  {v}' for k, v in rows)
+
+
+def define_flags() -> None:
+  flags.DEFINE_string('workdir', None, 'Run directory written by fastslow_jax.train.')
+  flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).')
+  flags.DEFINE_enum('split', 'validation', ['train', 'validation'], 'Data split.')
+  flags.DEFINE_integer('batches', None, 'Batches to evaluate (default: the run\'s eval_batches).')
+  flags.DEFINE_string('mesh', '1,-1,1', 'data,fsdp,tensor sizes over the local devices.')
+  distributed.define_flags()
+  flags.mark_flags_as_required(['workdir'])
+
+
+def main(argv):
+  del argv
+  f = flags.FLAGS
+  distributed.initialize_from_flags()
+  try:
+    out = evaluate(f.workdir, step=f.step, split=f.split, num_batches=f.batches, mesh=f.mesh)
+  except ValueError as e:  # Bad input: one line, exit status 2.
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+  if jax.process_index() == 0:
+    print(format_result(out))
+    logging.info('Wrote eval_%s_%d.json', out['split'], out['step'])
+
+
+if __name__ == '__main__':
+  define_flags()
+  app.run(main)

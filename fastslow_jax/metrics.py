@@ -1,0 +1,102 @@
+"""Metrics out: metrics.jsonl, TensorBoard event files, a progress bar, and MFU.
+
+Only process 0 writes; every other process gets a writer that does nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pathlib
+import sys
+from typing import Any
+
+import jax
+import tqdm
+
+# Dense bf16 peak FLOP/s per chip (vendor figures; no sparsity).
+PEAK_FLOPS = {
+    'TPU v4': 275e12,
+    'TPU v5 lite': 197e12,  # v5e
+    'TPU v5e': 197e12,
+    'TPU v5p': 459e12,
+    'TPU v5': 459e12,
+    'TPU v6 lite': 918e12,  # v6e (Trillium)
+    'TPU v6e': 918e12,
+    'NVIDIA H200': 989e12,
+    'NVIDIA H100': 989e12,
+    'NVIDIA A100': 312e12,
+}
+
+
+def peak_flops(device: jax.Device | None = None) -> float | None:
+  """Peak FLOP/s of one device, or None where unknown (e.g. CPU: report achieved FLOP/s)."""
+  kind = (device or jax.devices()[0]).device_kind
+  for prefix in sorted(PEAK_FLOPS, key=len, reverse=True):
+    if kind.startswith(prefix):
+      return PEAK_FLOPS[prefix]
+  return None
+
+
+def interactive() -> bool:
+  """Progress bars only for a person at a terminal: not under CI, not when output is piped."""
+  return sys.stderr.isatty() and not os.environ.get('CI')
+
+
+def progress(total: int, initial: int = 0, desc: str = 'train') -> tqdm.tqdm:
+  """A progress bar with ETA; silent unless interactive and on process 0."""
+  return tqdm.tqdm(total=total, initial=initial, desc=desc, unit='step', dynamic_ncols=True,
+                   disable=not interactive() or jax.process_index() != 0)
+
+
+class MetricsWriter:
+  """Appends one JSON object per call to DIR/metrics.jsonl and mirrors scalars to TensorBoard."""
+
+  def __init__(self, workdir: str | os.PathLike, *, filename: str = 'metrics.jsonl'):
+    self.enabled = jax.process_index() == 0
+    self._path = pathlib.Path(workdir) / filename
+    self._tb = None
+    if self.enabled:
+      from tensorboardX import SummaryWriter  # Pure-Python event files; no TensorFlow needed.
+      self._path.parent.mkdir(parents=True, exist_ok=True)
+      self._tb = SummaryWriter(str(pathlib.Path(workdir) / 'tensorboard'))
+
+  def write(self, step: int, metrics: dict[str, Any]) -> None:
+    if not self.enabled:
+      return
+    record = {'step': int(step), **_plain(metrics)}
+    with self._path.open('a') as f:
+      f.write(json.dumps(record) + '\n')
+    for key, value in _flatten(record).items():
+      if key != 'step' and isinstance(value, (int, float)) and math.isfinite(value):
+        self._tb.add_scalar(key, value, global_step=int(step))
+
+  def close(self) -> None:
+    if self._tb is not None:
+      self._tb.close()
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
+  """Records of a metrics.jsonl file, in order."""
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def _plain(tree):
+  if isinstance(tree, dict):
+    return {k: _plain(v) for k, v in tree.items()}
+  if hasattr(tree, 'item'):
+    return tree.item()
+  return tree
+
+
+def _flatten(tree, prefix=''):
+  out = {}
+  for key, value in tree.items():
+    name = f'{prefix}{key}'
+    if isinstance(value, dict):
+      out.update(_flatten(value, f'{name}/'))
+    else:
+      out[name] = value
+  return out

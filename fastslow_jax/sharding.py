@@ -1,0 +1,107 @@
+"""Device mesh and logical-axis rules.
+
+The mesh has three axes: `data` (pure data parallel), `fsdp` (data parallel with parameters and
+optimizer state sharded) and `tensor` (tensor parallel). Model code only names logical axes; the
+rules in the config decide where each goes, MaxText style:
+
+    ('batch', ('data', 'fsdp')), ('embed', 'fsdp'), ('heads', 'tensor'), ('mlp', 'tensor'), ...
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.experimental import mesh_utils
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ('data', 'fsdp', 'tensor')
+LOGICAL_AXES = ('batch', 'length', 'vocab', 'embed', 'heads', 'kv', 'mlp', 'norm')
+
+Rules = tuple[tuple[str, str | tuple[str, ...] | None], ...]
+
+DEFAULT_RULES: Rules = (
+    ('batch', ('data', 'fsdp')),
+    ('length', None),
+    ('vocab', 'tensor'),
+    ('embed', 'fsdp'),
+    ('heads', 'tensor'),
+    ('kv', None),
+    ('mlp', 'tensor'),
+    ('norm', None),
+)
+
+
+def mesh_shape(sizes: dict[str, int], num_devices: int) -> tuple[int, ...]:
+  """Resolves mesh sizes in MESH_AXES order; one size may be -1, meaning 'the rest'."""
+  shape = [int(sizes[a]) for a in MESH_AXES]  # `sizes`: a dict or ConfigDict.
+  given = ', '.join(f'mesh.{a}={s}' for a, s in zip(MESH_AXES, shape))
+  if shape.count(-1) > 1 or any(s == 0 or s < -1 for s in shape):
+    raise ValueError(f'{given} is invalid: use positive sizes, with at most one -1 for "the rest".')
+  known = math.prod(s for s in shape if s != -1)
+  if -1 in shape:
+    if num_devices % known:
+      raise ValueError(f'{given} cannot fill {num_devices} devices: the fixed sizes must divide '
+                       f'{num_devices}.')
+    shape[shape.index(-1)] = num_devices // known
+  if math.prod(shape) != num_devices:
+    raise ValueError(f'{given} multiplies to {math.prod(shape)} but there are {num_devices} '
+                     f'devices: make the product {num_devices} (or set one size to -1).')
+  return tuple(shape)
+
+
+def make_mesh(sizes, devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """A mesh over `devices` (default: all) with Auto axes, so jit propagates shardings.
+
+  `sizes` holds data, fsdp, tensor and optionally `dcn_data`: the number of slices (TPU
+  multi-slice) or hosts that the data axis spans over the slower data-centre network. FSDP and
+  tensor parallelism then stay inside a slice, on the fast interconnect (ICI).
+  """
+  devices = list(jax.devices() if devices is None else devices)
+  shape = mesh_shape(sizes, len(devices))
+  dcn = int(sizes.get('dcn_data', 1))
+  axis_types = (AxisType.Auto,) * len(MESH_AXES)
+  if dcn > 1:
+    if shape[0] % dcn:
+      raise ValueError(f'mesh.data={shape[0]} is not a multiple of mesh.dcn_data={dcn}: the data '
+                       'axis spans the slices, so make it a multiple of the slice count.')
+    ici = (shape[0] // dcn, *shape[1:])
+    granule_is_process = not hasattr(devices[0], 'slice_index')  # GPUs / CPUs: one host a granule.
+    grid = mesh_utils.create_hybrid_device_mesh(ici, (dcn, 1, 1), devices,
+                                                process_is_granule=granule_is_process)
+    return Mesh(grid, MESH_AXES, axis_types=axis_types)
+  if devices == list(jax.devices()):
+    return jax.make_mesh(shape, MESH_AXES, axis_types=axis_types)
+  return Mesh(np.asarray(devices).reshape(shape), MESH_AXES, axis_types=axis_types)
+
+
+def check_rules(rules: Rules) -> Rules:
+  """Rules as a tuple of pairs; every logical axis must be mapped (None = replicated)."""
+  rules = tuple((str(k), tuple(v) if isinstance(v, list) else v) for k, v in rules)
+  missing = sorted(set(LOGICAL_AXES) - {k for k, _ in rules})
+  if missing:
+    raise ValueError(f'sharding_rules lacks logical axes {missing}: map each to a mesh axis or None.')
+  for name, target in rules:
+    targets = target if isinstance(target, tuple) else (target,)
+    bad = [t for t in targets if t is not None and t not in MESH_AXES]
+    if bad:
+      raise ValueError(f'sharding_rules maps {name!r} to unknown mesh axes {bad}: use {MESH_AXES}.')
+  return rules
+
+
+def logical_shardings(tree, mesh: Mesh, rules: Rules):
+  """NamedShardings for a tree of nnx Variables (abstract or concrete) by their logical axes."""
+  with nnx.logical_axis_rules(rules):
+    return nnx.get_named_sharding(tree, mesh)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Sharding of a [batch, ...] array: batch split over (data, fsdp)."""
+  return NamedSharding(mesh, P(('data', 'fsdp')))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())

@@ -1,0 +1,148 @@
+"""The training pipeline on 8 simulated CPU devices: sharding, determinism, checkpoints, eval."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from fastslow_jax import configlib, evaluate, metrics, train
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+CONFIG = str(ROOT / 'configs' / 'fastslow.py')
+
+
+def tiny_config(arm='coupled', **overrides):
+  """The `tiny` config shrunk further: 5-step runs compile and train in seconds."""
+  config = configlib.load(f'{CONFIG}:arm={arm},size=tiny,P=8', {
+      'model.seq_len': 32, 'model.d_model': 32, 'model.mlp_dim': 64, 'model.phi_dim': 64,
+      'model.num_heads': 2, 'model.slow_num_heads': 2,
+      'batch_size': 16, 'total_steps': 6, 'log_every': 1, 'eval_every': 3, 'eval_batches': 2,
+      'checkpoint_every': 2, 'data.num_train_windows': 256, 'data.num_val_windows': 64,
+      'optim.warmup_steps': 2, 'optim.lr': 1e-2,
+  })
+  for key, value in overrides.items():
+    configlib.set_field(config, key, value)
+  return config
+
+
+def losses(workdir) -> dict[int, float]:
+  return {r['step']: r['loss'] for r in metrics.read_jsonl(pathlib.Path(workdir) / 'metrics.jsonl')
+          if 'loss' in r}
+
+
+@pytest.fixture(scope='module')
+def single_device_run(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp('one_device')
+  config = tiny_config(**{'mesh.data': 1})
+  train.train(config, workdir, devices=jax.devices()[:1])
+  return workdir
+
+
+@pytest.mark.parametrize('mesh', [(8, 1, 1), (2, 2, 2), (1, 4, 2)])
+def test_sharded_training_matches_one_device(mesh, single_device_run, tmp_path):
+  data, fsdp, tensor = mesh
+  config = tiny_config(**{'mesh.data': data, 'mesh.fsdp': fsdp, 'mesh.tensor': tensor})
+  train.train(config, tmp_path)
+  expected, got = losses(single_device_run), losses(tmp_path)
+  assert sorted(got) == list(range(1, 7))
+  # Different reduction orders across shards: equal to float32 round-off, not bitwise.
+  np.testing.assert_allclose([got[s] for s in sorted(got)], [expected[s] for s in sorted(got)],
+                             rtol=2e-5)
+
+
+def test_parameters_are_sharded():
+  config = tiny_config(**{'mesh.data': 2, 'mesh.fsdp': 2, 'mesh.tensor': 2})
+  setup = train.Setup(train.resolve_config(config))
+  state = setup.init_state()
+  wq = state.params['blocks'][0]['fast']['wq'][...]  # [embed, heads, kv] -> (fsdp, tensor, -)
+  assert wq.sharding.spec == jax.sharding.PartitionSpec('fsdp', 'tensor', None)
+  shard_shape = wq.addressable_shards[0].data.shape
+  assert shard_shape == (wq.shape[0] // 2, wq.shape[1] // 2, wq.shape[2])
+  # Optimizer moments follow their parameters.
+  moments = [x for x in jax.tree.leaves(state.opt_state) if x.shape == wq.shape]
+  assert len(moments) >= 2 and all(x.sharding.spec == wq.sharding.spec for x in moments)
+
+
+def test_same_seed_same_losses_and_resume_matches(single_device_run, tmp_path):
+  """Stop after step 3 (checkpointed), rerun the same command: losses equal an unbroken run."""
+  config = tiny_config(**{'mesh.data': 1})
+  train.train(config, tmp_path, devices=jax.devices()[:1], stop_at_step=3)
+  assert sorted(losses(tmp_path)) == [1, 2, 3]
+  train.train(config, tmp_path, devices=jax.devices()[:1])
+  assert losses(tmp_path) == losses(single_device_run)  # Bitwise: same program, same data.
+
+
+def test_evaluate_on_another_mesh_gives_same_loss(single_device_run):
+  one = evaluate.evaluate(single_device_run, devices=jax.devices()[:1], mesh='1,1,1')
+  eight = evaluate.evaluate(single_device_run, mesh='2,2,2')
+  assert one['step'] == eight['step'] == 6
+  np.testing.assert_allclose(eight['loss'], one['loss'], rtol=1e-5)
+  assert one['tokens'] == eight['tokens'] > 0
+  assert 0 < one['bayes_optimal_loss'] < one['loss']
+  assert set(one['gate']) == {'layer_0', 'layer_1'}
+  written = json.loads((single_device_run / 'eval_validation_6.json').read_text())
+  assert written['step'] == 6
+
+
+def test_gradient_accumulation_matches_one_big_batch(tmp_path):
+  runs = {}
+  for accum in (1, 2):
+    workdir = tmp_path / f'accum{accum}'
+    train.train(tiny_config(grad_accum_steps=accum, total_steps=2), workdir)
+    runs[accum] = losses(workdir)
+  np.testing.assert_allclose(list(runs[2].values()), list(runs[1].values()), rtol=1e-5)
+
+
+@pytest.mark.parametrize('arm,frozen', [('slow_frozen', 'slow'), ('gate_frozen', 'gate')])
+def test_frozen_arms_hold_their_parameters(arm, frozen):
+  config = train.resolve_config(tiny_config(arm))
+  setup = train.Setup(config)
+  state = setup.init_state()
+  before = {p: np.asarray(v) for p, v in nnx.to_flat_state(state.params)}
+  step = setup.compile_train_step(config.batch_size)
+  rng = np.random.default_rng(0)
+  with setup.activate():
+    for _ in range(2):
+      tokens = rng.integers(0, config.model.vocab_size, (16, 33), dtype=np.int32)
+      state, _ = step(state, setup.global_batch(tokens))
+  after = {p: np.asarray(v) for p, v in nnx.to_flat_state(state.params)}
+  for path in before:
+    same = np.array_equal(before[path], after[path])
+    assert same == (frozen in path), path
+
+
+def test_config_typo_and_bad_mesh_are_errors(tmp_path):
+  config = tiny_config()
+  with pytest.raises(ValueError, match='no field'):
+    configlib.set_field(config, 'model.num_haeds', 3)
+  config.mesh.data, config.mesh.fsdp = 3, 1
+  with pytest.raises(ValueError, match='mesh.data=3'):
+    train.train(config, tmp_path / 'never')
+  assert not (tmp_path / 'never').exists()
+
+
+def test_cli_train_then_evaluate(tmp_path):
+  workdir = tmp_path / 'cli'
+  common = [sys.executable, '-m']
+  env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=4',
+         'JAX_PLATFORMS': 'cpu', 'CI': 'true'}
+  subprocess.run(common + ['fastslow_jax.train', f'--config={CONFIG}:arm=coupled,size=tiny,P=16',
+                           f'--workdir={workdir}', '--config.total_steps=4',
+                           '--config.model.seq_len=64', '--config.batch_size=8',
+                           '--config.data.num_train_windows=128',
+                           '--config.data.num_val_windows=32', '--config.eval_batches=1'],
+                 check=True, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  saved = json.loads((workdir / 'config.json').read_text())
+  assert saved['model']['seq_len'] == 64 and saved['model']['vocab_size'] > 0
+  assert sorted(losses(workdir)) == [1, 2, 3, 4]
+  assert list((workdir / 'tensorboard').glob('events.out.tfevents.*'))
+  out = subprocess.run(common + ['fastslow_jax.evaluate', f'--workdir={workdir}'], check=True,
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert 'gap_to_optimum' in out.stdout and 'gate/layer_0' in out.stdout
+  assert (workdir / 'eval_validation_4.json').exists()
