@@ -64,7 +64,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.optim = ml_collections.ConfigDict(dict(
       lr=train['lr'], warmup_steps=min(1000, train['total_steps'] // 10), min_lr_ratio=0.1,
       b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, clip_norm=1.0,
-      no_decay='norm,gate,bias',  # Comma-separated path substrings exempt from weight decay.
+      no_decay='scale,gate,bias',  # Parameter/module names exempt from weight decay.
   ))
 
   data, fsdp, tensor = train['mesh']

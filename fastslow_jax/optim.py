@@ -21,15 +21,15 @@ def learning_rate(optim: ml_collections.ConfigDict, total_steps: int) -> optax.S
       decay_steps=max(total_steps, warmup + 1), end_value=optim.lr * optim.min_lr_ratio)
 
 
-def _path_str(path) -> str:
-  return '/'.join(str(getattr(k, 'key', getattr(k, 'name', getattr(k, 'idx', k)))) for k in path)
+def _path_names(path) -> set[str]:
+  return {str(getattr(k, 'key', getattr(k, 'name', getattr(k, 'idx', k)))) for k in path}
 
 
 def decay_mask(params, no_decay: str):
-  """True for parameters that get weight decay: all but those whose path contains a pattern."""
-  patterns = [p.strip() for p in no_decay.split(',') if p.strip()]
-  return jax.tree_util.tree_map_with_path(
-      lambda path, _: not any(p in _path_str(path) for p in patterns), params)
+  """True for parameters that get weight decay: all but those with a path component (parameter
+  or module name, e.g. 'scale' of RMSNorm, 'gate') listed in the comma-separated `no_decay`."""
+  exempt = {p.strip() for p in no_decay.split(',') if p.strip()}
+  return jax.tree_util.tree_map_with_path(lambda path, _: not exempt & _path_names(path), params)
 
 
 def make_optimizer(optim: ml_collections.ConfigDict, total_steps: int,

@@ -136,7 +136,8 @@ def test_cli_train_then_evaluate(tmp_path):
                            f'--workdir={workdir}', '--config.total_steps=4',
                            '--config.model.seq_len=64', '--config.batch_size=8',
                            '--config.data.num_train_windows=128',
-                           '--config.data.num_val_windows=32', '--config.eval_batches=1'],
+                           '--config.data.num_val_windows=32', '--config.eval_batches=1',
+                           '--config.log_every=1'],
                  check=True, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
   saved = json.loads((workdir / 'config.json').read_text())
   assert saved['model']['seq_len'] == 64 and saved['model']['vocab_size'] > 0
