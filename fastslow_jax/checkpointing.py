@@ -7,11 +7,14 @@ whatever mesh it runs on.
 
 from __future__ import annotations
 
+import json
 import os
 
 import grain
 import jax
 import orbax.checkpoint as ocp
+from absl import logging
+from etils import epath
 
 CHECKPOINT_DIR = 'checkpoints'
 
@@ -25,29 +28,61 @@ def manager(workdir: str | os.PathLike, *, save_every: int = 1, keep: int | None
   return ocp.CheckpointManager(os.path.join(os.fspath(workdir), CHECKPOINT_DIR), options=options)
 
 
-def save(mngr: ocp.CheckpointManager, step: int, state, data_iterator, *,
+def save(mngr: ocp.CheckpointManager, step: int, state, data_iterator, *, batch_size: int,
          force: bool = False) -> bool:
   """Saves the train state and the data iterator at `step` (if due, or `force`)."""
   return mngr.save(step, force=force, args=ocp.args.Composite(
       params=ocp.args.StandardSave(state.params),
       opt_state=ocp.args.StandardSave(state.opt_state),
-      step=ocp.args.JsonSave({'step': int(step)}),
+      step=ocp.args.JsonSave({'step': int(step), 'batch_size': int(batch_size),
+                              'process_count': jax.process_count()}),
       data=grain.checkpoint.CheckpointSave(data_iterator),
   ))
 
 
-def restore(mngr: ocp.CheckpointManager, step: int, abstract_state, data_iterator):
-  """Restores params, optimizer state and step onto `abstract_state`'s shardings; the data
-  iterator is restored in place. Returns the train state."""
-  restored = mngr.restore(step, args=ocp.args.Composite(
-      params=ocp.args.StandardRestore(abstract_state.params),
-      opt_state=ocp.args.StandardRestore(abstract_state.opt_state),
-      step=ocp.args.JsonRestore(),
-      data=grain.checkpoint.CheckpointRestore(data_iterator),
-  ))
-  step_array = jax.device_put(restored.step['step'], abstract_state.step.sharding)
+def restore(mngr: ocp.CheckpointManager, step: int, abstract_state, data_iterator, *,
+            batch_size: int):
+  """Restores params, optimizer state and step onto `abstract_state`'s shardings, and the data
+  iterator in place. Returns the train state.
+
+  Grain keeps one iterator state per process. A checkpoint from another process count resumes
+  exactly when the global batch is unchanged and every process stood at the same batch index
+  (our iterators read a global order in which batch k of all shards together is global batch k);
+  anything else is refused with a message saying what to do.
+  """
+  meta = mngr.restore(step, args=ocp.args.Composite(step=ocp.args.JsonRestore())).step
+  items = dict(params=ocp.args.StandardRestore(abstract_state.params),
+               opt_state=ocp.args.StandardRestore(abstract_state.opt_state))
+  same_layout = meta.get('process_count', 1) == jax.process_count()
+  if same_layout:
+    items['data'] = grain.checkpoint.CheckpointRestore(data_iterator)
+  else:
+    data_iterator.set_state(_resharded_data_state(mngr, step, meta, batch_size))
+  restored = mngr.restore(step, args=ocp.args.Composite(**items))
+  step_array = jax.device_put(meta['step'], abstract_state.step.sharding)
   return abstract_state.replace(step=step_array, params=restored.params,
                                 opt_state=restored.opt_state)
+
+
+def _resharded_data_state(mngr: ocp.CheckpointManager, step: int, meta: dict,
+                          batch_size: int) -> dict:
+  """The iterator state for this process from a checkpoint written by another process count."""
+  old = meta.get('process_count', 1)
+  where = f'checkpoint {step} in {mngr.directory}'
+  fix = (f'resume with {old} processes, or keep only the parameters: evaluate them, or start a '
+         'new --workdir')
+  if meta.get('batch_size') != batch_size:
+    raise ValueError(f'{where} was written with batch_size={meta.get("batch_size")} on {old} '
+                     f'processes; the data position cannot move to batch_size={batch_size} on '
+                     f'{jax.process_count()} processes: {fix}.')
+  data_dir = epath.Path(mngr.directory) / str(step) / 'data'
+  states = [json.loads((data_dir / f'process_{i}-of-{old}.json').read_text()) for i in range(old)]
+  if any(s != states[0] for s in states) or set(states[0]) != {'next_index'}:
+    raise ValueError(f'{where} holds per-process data positions that cannot be re-sharded '
+                     f'({states[0]} ...): {fix}.')
+  logging.warning('Re-sharding the data position of %s from %d to %d processes.', where, old,
+                  jax.process_count())
+  return states[0]
 
 
 def restore_params(mngr: ocp.CheckpointManager, step: int, abstract_params):

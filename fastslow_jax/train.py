@@ -289,7 +289,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, devices=None,
   else:
     logging.info('Resuming from step %d in %s.', latest, workdir)
     with setup.activate():
-      state = checkpointing.restore(mngr, latest, setup.abstract_state_with_sharding(), train_iter)
+      state = checkpointing.restore(mngr, latest, setup.abstract_state_with_sharding(),
+                                   train_iter, batch_size=batch)
   train_step = setup.compile_train_step(batch)
   eval_step = setup.compile_eval_step()
 
@@ -333,7 +334,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, devices=None,
         last['val_loss'] = val['loss']
         writer.write(step, {'val_loss': val['loss']})
         tick = time.perf_counter()  # Keep evaluation out of the throughput figures.
-      checkpointing.save(mngr, step, state, train_iter, force=step == end)
+      checkpointing.save(mngr, step, state, train_iter, batch_size=batch, force=step == end)
   bar.close()
   mngr.wait_until_finished()
   mngr.close()
@@ -350,6 +351,8 @@ def define_flags() -> None:
                                   'configs/fastslow.py:arm=coupled,size=tiny,P=16.',
                                   lock_config=True)
   flags.DEFINE_string('workdir', None, 'Run directory (checkpoints, metrics, config).')
+  flags.DEFINE_integer('stop_at_step', None, 'Stop (with a checkpoint) at this step without '
+                       'changing the schedule; the same command without it resumes.')
   flags.DEFINE_bool('overwrite', False, 'Delete checkpoints of a different model in --workdir '
                     'instead of refusing it.')
   distributed.define_flags()
@@ -360,7 +363,8 @@ def main(argv):
   del argv
   distributed.initialize_from_flags()
   try:
-    train(flags.FLAGS.config, flags.FLAGS.workdir, overwrite=flags.FLAGS.overwrite)
+    train(flags.FLAGS.config, flags.FLAGS.workdir, stop_at_step=flags.FLAGS.stop_at_step,
+          overwrite=flags.FLAGS.overwrite)
   except ValueError as e:  # Bad config or input: one line, exit status 2, nothing written.
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
