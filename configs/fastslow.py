@@ -51,6 +51,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.total_steps = train['total_steps']
   config.batch_size = train['batch_size']  # Global, in sequences of seq_len tokens.
   config.grad_accum_steps = 1
+  config.skip_nonfinite = False  # Skip updates with non-finite gradients instead of stopping...
+  config.max_nonfinite_skips = 10  # ...up to this many steps in a row.
 
   config.model = ml_collections.ConfigDict(dict(
       arm=arg.arm, P=arg.P, vocab_size=-1,  # -1: taken from the data source.

@@ -64,6 +64,41 @@ def restore(mngr: ocp.CheckpointManager, step: int, abstract_state, data_iterato
                                 opt_state=restored.opt_state)
 
 
+def restore_latest(mngr: ocp.CheckpointManager, abstract_state, data_iterator, *,
+                   batch_size: int):
+  """The newest checkpoint that restores, or None when there is none at all.
+
+  A damaged checkpoint (truncated or missing files) is skipped with a warning naming it; if every
+  checkpoint is damaged this raises rather than silently starting again from step 0. Saves are
+  atomic (Orbax commits a finished save by renaming its directory), so a crash mid-save leaves
+  only an uncommitted temporary directory that is never listed here.
+  """
+  skipped = []
+  for step in sorted(mngr.all_steps(), reverse=True):
+    try:
+      state = restore(mngr, step, abstract_state, data_iterator, batch_size=batch_size)
+    except CheckpointError:
+      raise
+    except Exception as e:  # Orbax / tensorstore raise many types for damaged files.
+      logging.warning('Checkpoint %d in %s is damaged and skipped (%s: %s).', step,
+                      mngr.directory, type(e).__name__, str(e).splitlines()[0] if str(e) else '')
+      skipped.append(step)
+      continue
+    if skipped:
+      logging.warning('Resuming from step %d; skipped damaged checkpoints %s.', step, skipped)
+    else:
+      logging.info('Resuming from step %d in %s.', step, mngr.directory)
+    return state
+  if skipped:
+    raise CheckpointError(f'every checkpoint in {mngr.directory} is damaged (steps {skipped}): '
+                          'move that directory away (or delete it) to start over.')
+  return None
+
+
+class CheckpointError(ValueError):
+  """A checkpoint that exists but cannot be used as asked; the message says what to do."""
+
+
 def _resharded_data_state(mngr: ocp.CheckpointManager, step: int, meta: dict,
                           batch_size: int) -> dict:
   """The iterator state for this process from a checkpoint written by another process count."""
@@ -72,13 +107,13 @@ def _resharded_data_state(mngr: ocp.CheckpointManager, step: int, meta: dict,
   fix = (f'resume with {old} processes, or keep only the parameters: evaluate them, or start a '
          'new --workdir')
   if meta.get('batch_size') != batch_size:
-    raise ValueError(f'{where} was written with batch_size={meta.get("batch_size")} on {old} '
+    raise CheckpointError(f'{where} was written with batch_size={meta.get("batch_size")} on {old} '
                      f'processes; the data position cannot move to batch_size={batch_size} on '
                      f'{jax.process_count()} processes: {fix}.')
   data_dir = epath.Path(mngr.directory) / str(step) / 'data'
   states = [json.loads((data_dir / f'process_{i}-of-{old}.json').read_text()) for i in range(old)]
   if any(s != states[0] for s in states) or set(states[0]) != {'next_index'}:
-    raise ValueError(f'{where} holds per-process data positions that cannot be re-sharded '
+    raise CheckpointError(f'{where} holds per-process data positions that cannot be re-sharded '
                      f'({states[0]} ...): {fix}.')
   logging.warning('Re-sharding the data position of %s from %d to %d processes.', where, old,
                   jax.process_count())

@@ -66,6 +66,8 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     return
   logging.info('Process %d of %d, %d local / %d global devices.', jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count())
+  if jax.process_index() != 0:  # One voice: other processes report only warnings and errors.
+    logging.set_verbosity(logging.WARNING)
 
 
 def initialize_from_flags() -> None:

@@ -12,19 +12,18 @@ from __future__ import annotations
 
 import json
 import math
-import pathlib
-import sys
 from typing import Any
 
 import jax
+from etils import epath
 import ml_collections
 from absl import app, flags, logging
 
-from fastslow_jax import checkpointing, data, distributed, models, train
+from fastslow_jax import checkpointing, data, distributed, metrics, models, train
 
-def load_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
+def load_config(workdir: str | epath.Path) -> ml_collections.ConfigDict:
   """The resolved config a training run wrote to its workdir."""
-  path = pathlib.Path(workdir) / train.CONFIG_FILE
+  path = epath.Path(workdir) / train.CONFIG_FILE
   if not path.exists():
     raise ValueError(f'{path} not found: --workdir must be a directory written by '
                      'fastslow_jax.train.')
@@ -37,6 +36,7 @@ def evaluate(workdir: str, *, step: int | None = None, split: str = 'validation'
   """Evaluates the checkpoint at `step` (default latest) of `workdir`; returns the results."""
   config = load_config(workdir)
   config.mesh.data, config.mesh.fsdp, config.mesh.tensor = (int(s) for s in mesh.split(','))
+  config.mesh.dcn_data = 1  # Evaluation lays the local devices out afresh.
   setup = train.Setup(config, devices)
   mngr = checkpointing.manager(workdir, read_only=True)
   step = mngr.latest_step() if step is None else step
@@ -45,7 +45,12 @@ def evaluate(workdir: str, *, step: int | None = None, split: str = 'validation'
                      'pass an existing --step or train first.')
   abstract = setup.abstract_state_with_sharding().params
   with setup.activate():
-    params = checkpointing.restore_params(mngr, step, abstract)
+    try:
+      params = checkpointing.restore_params(mngr, step, abstract)
+    except Exception as e:  # Orbax raises many types for missing / truncated files.
+      raise ValueError(f'checkpoint {step} in {workdir} cannot be read, it is damaged '
+                       f'({type(e).__name__}): evaluate another --step '
+                       f'({sorted(mngr.all_steps())}) or retrain.') from e
   mngr.close()
 
   dataset = data.make_dataset(config.data, seq_len=config.model.seq_len, split=split)
@@ -65,7 +70,7 @@ def evaluate(workdir: str, *, step: int | None = None, split: str = 'validation'
     out['bayes_optimal_loss'] = optimum
     out['gap_to_optimum'] = loss - optimum
   if jax.process_index() == 0:
-    path = pathlib.Path(workdir) / f'eval_{split}_{step}.json'
+    path = epath.Path(workdir) / f'eval_{split}_{step}.json'
     path.write_text(json.dumps(out, indent=2) + '\n')
   return out
 
@@ -92,12 +97,12 @@ def define_flags() -> None:
 def main(argv):
   del argv
   f = flags.FLAGS
+  metrics.quiet_library_logs()
   distributed.initialize_from_flags()
   try:
     out = evaluate(f.workdir, step=f.step, split=f.split, num_batches=f.batches, mesh=f.mesh)
-  except ValueError as e:  # Bad input: one line, exit status 2.
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
+  except ValueError as e:  # Bad input or a damaged checkpoint: one line, exit status 2.
+    train.cli_error(e)
   if jax.process_index() == 0:
     print(format_result(out))
     logging.info('Wrote eval_%s_%d.json', out['split'], out['step'])
@@ -105,4 +110,4 @@ def main(argv):
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  app.run(main, flags_parser=train.parse_flags)

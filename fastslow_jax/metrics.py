@@ -6,14 +6,16 @@ Only process 0 writes; every other process gets a writer that does nothing.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
-import pathlib
 import sys
 from typing import Any
 
 import jax
+from etils import epath
 import tqdm
+from absl import logging as absl_logging
 
 # Dense bf16 peak FLOP/s per chip (vendor figures; no sparsity).
 PEAK_FLOPS = {
@@ -39,6 +41,14 @@ def peak_flops(device: jax.Device | None = None) -> float | None:
   return None
 
 
+def quiet_library_logs(prefixes=('orbax', 'grain', 'tensorstore', 'jax')) -> None:
+  """Keeps checkpointing and data libraries' INFO chatter out of the log (warnings stay)."""
+  def keep(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.WARNING or not any(
+        f'/{p}/' in record.pathname for p in prefixes)
+  absl_logging.get_absl_handler().addFilter(keep)
+
+
 def interactive() -> bool:
   """Progress bars only for a person at a terminal: not under CI, not when output is piped."""
   return sys.stderr.isatty() and not os.environ.get('CI')
@@ -50,24 +60,46 @@ def progress(total: int, initial: int = 0, desc: str = 'train') -> tqdm.tqdm:
                    disable=not interactive() or jax.process_index() != 0)
 
 
+METRICS_FILE = 'metrics.jsonl'
+
+
+def truncate_jsonl(path: str | os.PathLike, after_step: int) -> None:
+  """Drops records past `after_step` (steps redone after a resume), keeping the file's order."""
+  path = epath.Path(path)
+  if not path.exists():
+    return
+  kept = [r for r in read_jsonl(path) if r['step'] <= after_step]
+  tmp = path.with_suffix('.tmp')
+  tmp.write_text(''.join(json.dumps(r) + '\n' for r in kept))
+  tmp.replace(path)  # Atomic: a crash leaves the old file or the new one.
+
+
 class MetricsWriter:
   """Appends one JSON object per call to DIR/metrics.jsonl and mirrors scalars to TensorBoard."""
 
-  def __init__(self, workdir: str | os.PathLike, *, filename: str = 'metrics.jsonl'):
+  def __init__(self, workdir: str | os.PathLike, *, filename: str = METRICS_FILE):
     self.enabled = jax.process_index() == 0
-    self._path = pathlib.Path(workdir) / filename
+    self._path = epath.Path(workdir) / filename
     self._tb = None
+    self._remote = '://' in str(workdir)  # gs://, s3://: written through etils.epath.
+    self._lines = [line + '\n' for line in self._path.read_text().splitlines()] if (
+        self._remote and self.enabled and self._path.exists()) else []
     if self.enabled:
       from tensorboardX import SummaryWriter  # Pure-Python event files; no TensorFlow needed.
       self._path.parent.mkdir(parents=True, exist_ok=True)
-      self._tb = SummaryWriter(str(pathlib.Path(workdir) / 'tensorboard'))
+      self._tb = SummaryWriter(str(epath.Path(workdir) / 'tensorboard'))
 
   def write(self, step: int, metrics: dict[str, Any]) -> None:
     if not self.enabled:
       return
     record = {'step': int(step), **_plain(metrics)}
-    with self._path.open('a') as f:
-      f.write(json.dumps(record) + '\n')
+    line = json.dumps(record) + '\n'
+    if self._remote:  # Object stores cannot append: rewrite (metrics files are small).
+      self._lines.append(line)
+      self._path.write_text(''.join(self._lines))
+    else:
+      with self._path.open('a') as f:
+        f.write(line)
     for key, value in _flatten(record).items():
       if key != 'step' and isinstance(value, (int, float)) and math.isfinite(value):
         self._tb.add_scalar(key, value, global_step=int(step))
@@ -79,8 +111,7 @@ class MetricsWriter:
 
 def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
   """Records of a metrics.jsonl file, in order."""
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  return [json.loads(line) for line in epath.Path(path).read_text().splitlines() if line.strip()]
 
 
 def _plain(tree):

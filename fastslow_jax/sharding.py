@@ -13,7 +13,6 @@ import math
 from collections.abc import Sequence
 
 import jax
-import numpy as np
 from flax import nnx
 from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
@@ -75,7 +74,8 @@ def make_mesh(sizes, devices: Sequence[jax.Device] | None = None) -> Mesh:
     return Mesh(grid, MESH_AXES, axis_types=axis_types)
   if devices == list(jax.devices()):
     return jax.make_mesh(shape, MESH_AXES, axis_types=axis_types)
-  return Mesh(np.asarray(devices).reshape(shape), MESH_AXES, axis_types=axis_types)
+  # A subset, or compile-only devices of a described TPU topology (ahead-of-time compilation).
+  return Mesh(mesh_utils.create_device_mesh(shape, devices), MESH_AXES, axis_types=axis_types)
 
 
 def check_rules(rules: Rules) -> Rules:

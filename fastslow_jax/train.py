@@ -10,10 +10,10 @@ same command on the same workdir resumes from the latest checkpoint.
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import json
-import pathlib
-import shutil
+import math
 import signal
 import sys
 import threading
@@ -22,6 +22,7 @@ from typing import Any
 
 import flax
 import jax
+from etils import epath
 import jax.numpy as jnp
 import ml_collections
 import optax
@@ -140,6 +141,8 @@ class Setup:
     abstract_model = nnx.eval_shape(lambda: models.build(self.model_config, rngs=config.seed))
     self.graphdef, _ = nnx.split(abstract_model, nnx.Param)
     self.tx = optim.make_optimizer(config.optim, config.total_steps, abstract_model)
+    if config.skip_nonfinite:
+      self.tx = optax.apply_if_finite(self.tx, max_consecutive_errors=config.max_nonfinite_skips)
     self.lr = optim.learning_rate(config.optim, config.total_steps)
     self.abstract_state = jax.eval_shape(self._init)
     self.state_sharding = sharding.logical_shardings(self.abstract_state, self.mesh, self.rules)
@@ -235,7 +238,7 @@ class StopSignals:
     return self.reason is not None
 
 
-def check_workdir(workdir: pathlib.Path, config: ml_collections.ConfigDict,
+def check_workdir(workdir: epath.Path, config: ml_collections.ConfigDict,
                   overwrite: bool) -> None:
   """Refuses a workdir whose checkpoints belong to a different model, unless `overwrite`."""
   saved, checkpoints = workdir / CONFIG_FILE, workdir / checkpointing.CHECKPOINT_DIR
@@ -251,8 +254,8 @@ def check_workdir(workdir: pathlib.Path, config: ml_collections.ConfigDict,
                      'use a new --workdir, or pass --overwrite to delete them.')
   if jax.process_index() == 0:
     logging.warning('Deleting %s (--overwrite; %s).', checkpoints, '; '.join(changed))
-    shutil.rmtree(checkpoints)
-    (workdir / 'metrics.jsonl').unlink(missing_ok=True)
+    checkpoints.rmtree()
+    (workdir / metrics.METRICS_FILE).unlink(missing_ok=True)
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, *, devices=None,
@@ -268,41 +271,50 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, devices=None,
   local_batch = batch // jax.process_count()
   train_ds = data.make_dataset(config.data, seq_len=T, split='train')
   val_ds = data.make_dataset(config.data, seq_len=T, split='validation')
-  setup = Setup(config, devices)
-  model_cfg = setup.model_config
-
-  workdir = pathlib.Path(workdir)
-  check_workdir(workdir, config, overwrite)
-  is_main = jax.process_index() == 0
-  if is_main:  # Written only once the config and the data have been checked.
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / CONFIG_FILE).write_text(config.to_json_best_effort(indent=2) + '\n')
   train_iter = data.make_iterator(train_ds, batch_size=local_batch, seed=config.seed,
                                   shard_index=jax.process_index(),
                                   shard_count=jax.process_count())
+  setup = Setup(config, devices)
+  workdir = epath.Path(workdir)
+  check_workdir(workdir, config, overwrite)
+  if jax.process_index() == 0:  # Only once the config and the data have been checked.
+    workdir.mkdir(parents=True, exist_ok=True)
 
   mngr = checkpointing.manager(workdir, save_every=config.checkpoint_every,
                                keep=config.keep_checkpoints)
-  latest = mngr.latest_step()
-  if latest is None:
+  try:
+    return _run(config, setup, workdir, mngr, train_iter, val_ds, stop_at_step)
+  finally:  # Also on errors: let pending async saves finish.
+    mngr.wait_until_finished()
+    mngr.close()
+
+
+def _run(config, setup: Setup, workdir: epath.Path, mngr, train_iter, val_ds,
+         stop_at_step: int | None) -> dict[str, Any]:
+  """The loop proper: restore or init, then step, log, evaluate and checkpoint."""
+  model_cfg, T, batch = setup.model_config, setup.model_config.seq_len, config.batch_size
+  is_main = jax.process_index() == 0
+  with setup.activate():
+    state = checkpointing.restore_latest(mngr, setup.abstract_state_with_sharding(), train_iter,
+                                         batch_size=batch)
+  if state is None:
     state = setup.init_state()
-  else:
-    logging.info('Resuming from step %d in %s.', latest, workdir)
-    with setup.activate():
-      state = checkpointing.restore(mngr, latest, setup.abstract_state_with_sharding(),
-                                   train_iter, batch_size=batch)
+  step = int(state.step)
+  if is_main:  # The run is now committed to this config.
+    (workdir / CONFIG_FILE).write_text(config.to_json_best_effort(indent=2) + '\n')
+    metrics.truncate_jsonl(workdir / metrics.METRICS_FILE, after_step=step)
   train_step = setup.compile_train_step(batch)
   eval_step = setup.compile_eval_step()
 
   flops = models.flops_per_token(model_cfg)
   peak = metrics.peak_flops()
   writer = metrics.MetricsWriter(workdir)
-  step = int(state.step)
   if is_main:
-    logging.info('%s: %s params, %.3g train FLOPs/token (fast %.3g, slow %.3g); mesh %s.',
-                 model_cfg.arm, f'{models.param_count(state.params):,}', flops.total,
-                 flops.fast, flops.slow, dict(setup.mesh.shape))
+    logging.info('%s: %s params, %.3g train FLOPs/token (fast %.3g, slow %.3g); mesh %s; '
+                 'starting at step %d.', model_cfg.arm, f'{models.param_count(state.params):,}',
+                 flops.total, flops.fast, flops.slow, dict(setup.mesh.shape), step)
   bar = metrics.progress(config.total_steps, initial=step)
+  guard = NonFiniteGuard(config, mngr)
   last: dict[str, Any] = {}
   tick, steps_since = time.perf_counter(), 0
   end = min(config.total_steps, stop_at_step or config.total_steps)
@@ -310,12 +322,13 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, devices=None,
     while step < end:
       state, step_metrics = train_step(state, setup.global_batch(next(train_iter)))
       step, steps_since = step + 1, steps_since + 1
+      guard.push(step, step_metrics)  # Checks the previous step: dispatch stays ahead.
       bar.update(1)
       if stop.requested(mngr, step):
         end = step  # Checkpoint below, then leave.
         logging.warning('Stopping at step %d on %s; checkpoint in %s. Rerun the same command to '
                         'resume.', step, stop.reason, workdir)
-      if step % config.log_every == 0 or step == config.total_steps:
+      if step % config.log_every == 0 or step == end:
         step_metrics = jax.device_get(step_metrics)
         elapsed = time.perf_counter() - tick
         tokens_per_sec = steps_since * batch * T / elapsed
@@ -334,14 +347,46 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, devices=None,
         last['val_loss'] = val['loss']
         writer.write(step, {'val_loss': val['loss']})
         tick = time.perf_counter()  # Keep evaluation out of the throughput figures.
-      checkpointing.save(mngr, step, state, train_iter, batch_size=batch, force=step == end)
+      if mngr.should_save(step) or step == end:
+        guard.check_now()  # Never checkpoint a non-finite state.
+        checkpointing.save(mngr, step, state, train_iter, batch_size=batch, force=step == end)
   bar.close()
-  mngr.wait_until_finished()
-  mngr.close()
   writer.close()
   if is_main:
     logging.info('Done at step %d: %s', step, json.dumps(last))
   return last
+
+
+class NonFiniteGuard:
+  """Stops training on a non-finite loss or gradient norm, naming the step and the last good
+  checkpoint; with `config.skip_nonfinite` the update is skipped instead (the optimizer is wrapped
+  in `optax.apply_if_finite`), up to `config.max_nonfinite_skips` steps in a row."""
+
+  def __init__(self, config: ml_collections.ConfigDict, mngr):
+    self.skip, self.max_skips = config.skip_nonfinite, config.max_nonfinite_skips
+    self.mngr, self.pending, self.streak = mngr, None, 0
+
+  def push(self, step: int, step_metrics) -> None:
+    self.check_now()
+    self.pending = (step, step_metrics)
+
+  def check_now(self) -> None:
+    if self.pending is None:
+      return
+    step, m = self.pending
+    self.pending = None
+    loss, grad_norm = float(m['loss']), float(m['grad_norm'])
+    if math.isfinite(loss) and math.isfinite(grad_norm):
+      self.streak = 0
+      return
+    self.streak += 1
+    if self.skip and self.streak <= self.max_skips:
+      logging.warning('Non-finite loss %s / grad norm %s at step %d: update skipped (%d in a row).',
+                      loss, grad_norm, step, self.streak)
+      return
+    raise FloatingPointError(
+        f'non-finite loss {loss} / grad norm {grad_norm} at step {step}; the last good checkpoint '
+        f'is step {self.mngr.latest_step()}: lower optim.lr or set skip_nonfinite=True, then rerun.')
 
 
 # --------------------------------------------------------------------------- CLI
@@ -361,15 +406,42 @@ def define_flags() -> None:
 
 def main(argv):
   del argv
+  f = flags.FLAGS
+  metrics.quiet_library_logs()
   distributed.initialize_from_flags()
   try:
-    train(flags.FLAGS.config, flags.FLAGS.workdir, stop_at_step=flags.FLAGS.stop_at_step,
-          overwrite=flags.FLAGS.overwrite)
-  except ValueError as e:  # Bad config or input: one line, exit status 2, nothing written.
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
+    train(f.config, f.workdir, stop_at_step=f.stop_at_step, overwrite=f.overwrite)
+  except ValueError as e:  # Bad config or input: one line, exit status 2.
+    cli_error(e)
+  except FloatingPointError as e:
+    cli_error(e, status=1)
+
+
+def cli_error(error: Exception, status: int = 2):
+  """Ends a command with a one-line message on stderr."""
+  print(f'error: {str(error).strip().splitlines()[0]}', file=sys.stderr)
+  sys.exit(status)
+
+
+def parse_flags(argv):
+  """absl flag parsing whose errors (including a bad --config) are one line and exit 2."""
+  try:
+    return flags.FLAGS(argv)
+  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+    text = str(e).strip()
+    if text[:1] in '\'"':  # KeyError-style messages arrive quoted and escaped.
+      with contextlib.suppress(ValueError, SyntaxError):
+        text = str(ast.literal_eval(text))
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if 'Traceback' in str(e):  # A config file raised: its own message is the last line.
+      message = lines[-1].partition(': ')[2] or lines[-1]
+    elif isinstance(e, AttributeError):  # --config.<typo>=...: ml_collections suggests a fix.
+      message = f'unknown config field {lines[0]}: {" ".join(lines[1:])}'.rstrip(': ')
+    else:
+      message = lines[0]
+    cli_error(ValueError(message))
 
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

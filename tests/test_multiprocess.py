@@ -8,6 +8,7 @@ import sys
 
 import jax
 import numpy as np
+import pytest
 
 from fastslow_jax import configlib, data, evaluate, metrics, train
 
@@ -27,10 +28,11 @@ def losses(workdir):
 
 
 def test_two_processes_train_like_one_and_their_checkpoint_moves(tmp_path):
-  # 2 processes x 4 devices: steps 1-2 of a 4-step schedule, checkpointed at step 2.
+  # 2 processes x 4 devices: steps 1-2 of a 4-step schedule, checkpointed at step 2. The data
+  # axis spans the two processes as it would span TPU slices over DCN (mesh.dcn_data=2).
   multi = tmp_path / 'multi'
   command = [sys.executable, '-m', 'fastslow_jax.train', f'--config={CONFIG}:arm=coupled,size=tiny',
-             f'--workdir={multi}', '--stop_at_step=2',
+             f'--workdir={multi}', '--stop_at_step=2', '--config.mesh.dcn_data=2',
              *(f'--config.{k}={v}' for k, v in OVERRIDES.items())]
   run = subprocess.run(['bash', str(ROOT / 'launch' / 'local.sh'), '-n', '2', '-d', '4',
                         '-l', str(tmp_path / 'logs'), '--', *command], cwd=ROOT,
@@ -46,6 +48,13 @@ def test_two_processes_train_like_one_and_their_checkpoint_moves(tmp_path):
   single = tmp_path / 'single'
   train.train(config, single)
   expected = losses(single)
+
+  # Another global batch cannot take over the 2-process data position: refused, nothing changed.
+  bigger = configlib.load(f'{CONFIG}:arm=coupled,size=tiny', {**OVERRIDES, 'batch_size': 32})
+  saved_config = (multi / 'config.json').read_text()
+  with pytest.raises(ValueError, match='batch_size=16 on 2 processes'):
+    train.train(bigger, multi)
+  assert (multi / 'config.json').read_text() == saved_config
 
   # One process resumes the 2-process checkpoint (the data position is re-sharded) to the end.
   train.train(config, multi)
