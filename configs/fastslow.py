@@ -22,21 +22,24 @@ _MODEL_SIZES = {
     'small': dict(d_model=256, num_layers=6, num_heads=8, mlp_dim=1024, seq_len=256,
                   slow_num_heads=4, phi_dim=512),
     '124m': dict(d_model=768, num_layers=12, num_heads=12, mlp_dim=2048, seq_len=1024,
-                 slow_num_heads=12, phi_dim=2048),
+                 slow_num_heads=12, phi_dim=2048, remat=True),
     '350m': dict(d_model=1024, num_layers=24, num_heads=16, mlp_dim=2816, seq_len=1024,
-                 slow_num_heads=16, phi_dim=2816),
+                 slow_num_heads=16, phi_dim=2816, remat=True),
     '1b': dict(d_model=2048, num_layers=24, num_heads=16, mlp_dim=5632, seq_len=2048,
                slow_num_heads=16, phi_dim=5632, remat=True),
 }
 
 # Batch (global, sequences), steps, peak LR, mesh and dtypes per size. Accelerator sizes use
-# bf16 compute and FSDP over every device; tensor parallelism is a --config.mesh.tensor away.
+# bf16 compute, FSDP over every device and rematerialised blocks; tensor parallelism is a
+# --config.mesh.tensor away. Check that a size fits a slice before queueing it:
+#   python -m launch.aot_compile --topology=v5e:4x4 --config=configs/fastslow.py:size=1b
 _TRAIN_SIZES = {
     'tiny': dict(batch_size=16, total_steps=300, lr=3e-3, mesh=(-1, 1, 1), dtype='float32'),
     'small': dict(batch_size=32, total_steps=2000, lr=1e-3, mesh=(-1, 1, 1), dtype='float32'),
     '124m': dict(batch_size=256, total_steps=20_000, lr=6e-4, mesh=(1, -1, 1), dtype='bfloat16'),
     '350m': dict(batch_size=256, total_steps=40_000, lr=3e-4, mesh=(1, -1, 1), dtype='bfloat16'),
-    '1b': dict(batch_size=512, total_steps=60_000, lr=2e-4, mesh=(1, -1, 1), dtype='bfloat16'),
+    '1b': dict(batch_size=512, total_steps=60_000, lr=2e-4, mesh=(1, -1, 1), dtype='bfloat16',
+               grad_accum_steps=4),
 }
 
 
@@ -50,7 +53,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.seed = 0
   config.total_steps = train['total_steps']
   config.batch_size = train['batch_size']  # Global, in sequences of seq_len tokens.
-  config.grad_accum_steps = 1
+  config.grad_accum_steps = train.get('grad_accum_steps', 1)
   config.skip_nonfinite = False  # Skip updates with non-finite gradients instead of stopping...
   config.max_nonfinite_skips = 10  # ...up to this many steps in a row.
 

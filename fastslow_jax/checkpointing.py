@@ -25,7 +25,10 @@ def manager(workdir: str | os.PathLike, *, save_every: int = 1, keep: int | None
   options = ocp.CheckpointManagerOptions(
       save_interval_steps=save_every, max_to_keep=keep, create=not read_only,
       enable_async_checkpointing=not read_only, read_only=read_only)
-  return ocp.CheckpointManager(os.path.join(os.fspath(workdir), CHECKPOINT_DIR), options=options)
+  workdir = os.fspath(workdir)
+  if '://' not in workdir:  # Orbax needs absolute local paths (gs:// and the like are).
+    workdir = os.path.abspath(workdir)
+  return ocp.CheckpointManager(os.path.join(workdir, CHECKPOINT_DIR), options=options)
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state, data_iterator, *, batch_size: int,

@@ -60,7 +60,13 @@ def main(argv):
     return
   config = train.resolve_config(_CONFIG.value, num_devices=len(devices))
   setup = train.Setup(config, devices)
-  compiled = setup.compile_train_step(config.batch_size)
+  try:
+    compiled = setup.compile_train_step(config.batch_size)
+  except Exception as e:  # XLA reports an out-of-memory program as a compile error.
+    if 'RESOURCE_EXHAUSTED' not in str(e):
+      raise
+    print(f'does not fit {_TOPOLOGY.value}: {str(e).splitlines()[0]}')
+    sys.exit(1)
   memory = compiled.memory_analysis()
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, list) else cost

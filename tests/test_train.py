@@ -128,22 +128,22 @@ def test_config_typo_and_bad_mesh_are_errors(tmp_path):
 
 
 def test_cli_train_then_evaluate(tmp_path):
-  workdir = tmp_path / 'cli'
+  workdir = tmp_path / 'cli'  # Given to the CLI as a relative path, as users type it.
   common = [sys.executable, '-m']
   env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=4',
          'JAX_PLATFORMS': 'cpu', 'CI': 'true'}
   subprocess.run(common + ['fastslow_jax.train', f'--config={CONFIG}:arm=coupled,size=tiny,P=16',
-                           f'--workdir={workdir}', '--config.total_steps=4',
+                           '--workdir=cli', '--config.total_steps=4',
                            '--config.model.seq_len=64', '--config.batch_size=8',
                            '--config.data.num_train_windows=128',
                            '--config.data.num_val_windows=32', '--config.eval_batches=1',
                            '--config.log_every=1'],
-                 check=True, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+                 check=True, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
   saved = json.loads((workdir / 'config.json').read_text())
   assert saved['model']['seq_len'] == 64 and saved['model']['vocab_size'] > 0
   assert sorted(losses(workdir)) == [1, 2, 3, 4]
   assert list((workdir / 'tensorboard').glob('events.out.tfevents.*'))
-  out = subprocess.run(common + ['fastslow_jax.evaluate', f'--workdir={workdir}'], check=True,
-                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  out = subprocess.run(common + ['fastslow_jax.evaluate', '--workdir=cli'], check=True,
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
   assert 'gap_to_optimum' in out.stdout and 'gate/layer_0' in out.stdout
   assert (workdir / 'eval_validation_4.json').exists()
