@@ -1,12 +1,20 @@
 """Data: token windows from a synthetic fast-slow source, local text or TFDS, through Grain.
 
-    ds = data.make_dataset(config.data, seq_len=T, split='train')   # windows of T+1 tokens
+    ds = data.make_dataset(config.data, seq_len=T, split='train')   # TokenDataset: T+1 tokens each
     it = data.make_iterator(ds, batch_size=local_batch, seed=0,
                             shard_index=jax.process_index(), shard_count=jax.process_count())
     batch = next(it)   # int32 [local_batch, T+1]; it.get_state() / it.set_state() resume it
 
-Every process reads a disjoint shard of a globally shuffled order (reshuffled each epoch), and the
-iterator state goes into the checkpoint (`grain.checkpoint.CheckpointSave`).
+The model trains on w[:-1] -> w[1:] of each window. Every process reads a disjoint shard of one
+global order (a seeded shuffle, reshuffled each epoch) such that batch k of all processes together
+is global batch k whatever the process count; the iterator state ({'next_index': n}) goes into the
+checkpoint through `grain.checkpoint.CheckpointSave`.
+
+Sources (`config.data.kind`, fields in `config.py`):
+  synthetic  a hidden slow regime driving first-order Markov chains (`synthetic.py`); vocabulary
+             `data.vocab_size`; `bayes_optimal_ce` gives the exact optimum. Unit: 'token'.
+  text       local files, UTF-8 bytes + END_OF_DOCUMENT (vocabulary 257; `text.py`). Unit: 'byte'.
+  tfds       a TFDS dataset prepared as array_record, read without TensorFlow. Unit: 'byte'.
 """
 
 from __future__ import annotations
@@ -21,27 +29,42 @@ from fastslow_jax.data.config import KINDS, default_data_config
 SPLITS = ('train', 'validation')
 
 
-class SyntheticDataset:
-  """Windows of the synthetic fast-slow source."""
+class TokenDataset:
+  """Random-access windows of `seq_len + 1` tokens (a Grain RandomAccessDataSource).
 
-  bits_per_token_unit = 'token'
+  Window i is stream[i * stride : i * stride + seq_len + 1] as int32. Text streams use stride
+  seq_len (consecutive windows share one token, so every token is a target once); synthetic
+  windows are independent sequences laid end to end (stride seq_len + 1).
+  """
 
-  def __init__(self, cfg: ml_collections.ConfigDict, seq_len: int, split: str):
-    self.source = _synthetic_source(cfg)
-    num = cfg.num_train_windows if split == 'train' else cfg.num_val_windows
-    self.tokens = synthetic.windows(self.source, int(num), seq_len + 1, split)
-    self.vocab_size = self.source.V
+  def __init__(self, stream: np.ndarray, *, seq_len: int, stride: int, vocab_size: int,
+               bits_per_token_unit: str, name: str):
+    self.stream, self.seq_len, self.stride = stream, seq_len, stride
+    self.vocab_size, self.bits_per_token_unit, self.name = vocab_size, bits_per_token_unit, name
+    self._len = max(0, (len(stream) - seq_len - 1) // stride + 1)
 
   def __len__(self) -> int:
-    return len(self.tokens)
+    return self._len
 
   def __getitem__(self, index: int) -> np.ndarray:
-    return self.tokens[int(index)]
+    index = int(index)
+    if not 0 <= index < self._len:
+      raise IndexError(f'window {index} of {self._len}')
+    start = index * self.stride
+    return self.stream[start:start + self.seq_len + 1].astype(np.int32)
+
+  def __repr__(self) -> str:
+    return f'TokenDataset({self.name}, {self._len} windows of {self.seq_len + 1} tokens)'
 
 
 def _check_kind(cfg) -> None:
   if cfg.kind not in KINDS:
     raise ValueError(f'data.kind={cfg.kind!r} is unknown: choose one of {", ".join(KINDS)}.')
+
+
+def _check_split(split: str) -> None:
+  if split not in SPLITS:
+    raise ValueError(f'split={split!r} is unknown: choose one of {", ".join(SPLITS)}.')
 
 
 def _synthetic_source(cfg) -> synthetic.FastSlowSource:
@@ -50,76 +73,100 @@ def _synthetic_source(cfg) -> synthetic.FastSlowSource:
 
 
 def vocab_size(cfg: ml_collections.ConfigDict) -> int:
-  """Vocabulary size of the configured source, without reading any data."""
+  """Vocabulary size of the configured source, without reading any data (= ds.vocab_size)."""
   _check_kind(cfg)
   return int(cfg.vocab_size) if cfg.kind == 'synthetic' else text.VOCAB_SIZE
 
 
-def make_dataset(cfg: ml_collections.ConfigDict, *, seq_len: int, split: str):
-  """Random-access windows of `seq_len + 1` tokens of `split` ('train' | 'validation')."""
+def make_dataset(cfg: ml_collections.ConfigDict, *, seq_len: int, split: str) -> TokenDataset:
+  """Random-access windows of `seq_len + 1` tokens of `split` ('train' | 'validation').
+
+  Config and input errors (unknown kind, missing / empty / too short text, missing TFDS data) are
+  ValueErrors of one line naming the `data.*` field and the fix.
+  """
   _check_kind(cfg)
-  if split not in SPLITS:
-    raise ValueError(f'split={split!r} is unknown: choose one of {SPLITS}.')
+  _check_split(split)
+  if seq_len < 1:
+    raise ValueError(f'seq_len={seq_len} is invalid: use a positive integer.')
   if cfg.kind == 'synthetic':
-    return SyntheticDataset(cfg, seq_len, split)
+    num = int(cfg.num_train_windows if split == 'train' else cfg.num_val_windows)
+    field = 'num_train_windows' if split == 'train' else 'num_val_windows'
+    if num < 1:
+      raise ValueError(f'data.{field}={num} is invalid: use a positive integer.')
+    windows = synthetic.windows(_synthetic_source(cfg), split, num, seq_len + 1)
+    return TokenDataset(windows.reshape(-1), seq_len=seq_len, stride=seq_len + 1,
+                        vocab_size=int(cfg.vocab_size), bits_per_token_unit='token',
+                        name=f'synthetic {split}')
   if cfg.kind == 'text':
     stream = text.split_stream(text.read_text_files(cfg.path), cfg.val_fraction, split)
-    return text.WindowDataset(stream, seq_len, f'data.path={cfg.path!r} ({split} split)')
-  if not cfg.tfds_name:
-    raise ValueError('data.tfds_name is empty: set it to a prepared TFDS dataset name.')
-  tfds_split = cfg.tfds_train_split if split == 'train' else cfg.tfds_val_split
-  try:
-    stream = text.read_tfds(cfg.tfds_name, cfg.tfds_data_dir, tfds_split, cfg.tfds_text_feature)
-  except ValueError:
-    if split != 'validation' or not _tfds_has_split(cfg, cfg.tfds_train_split):
-      raise
-    # No validation split: hold out the tail of train (the train split then drops that tail).
-    stream = text.read_tfds(cfg.tfds_name, cfg.tfds_data_dir, cfg.tfds_train_split,
-                            cfg.tfds_text_feature)
-    stream = text.split_stream(stream, cfg.val_fraction, split)
+    what = f'data.path={cfg.path!r}'
   else:
-    if split == 'train' and not _tfds_has_split(cfg, cfg.tfds_val_split):
-      stream = text.split_stream(stream, cfg.val_fraction, split)
-  return text.WindowDataset(stream, seq_len, f'data.tfds_name={cfg.tfds_name!r} ({split} split)')
-
-
-def _tfds_has_split(cfg, split: str) -> bool:
-  import tensorflow_datasets as tfds
-  try:
-    builder = tfds.builder(cfg.tfds_name, data_dir=cfg.tfds_data_dir or None)
-    return split in builder.info.splits
-  except Exception:  # Missing dataset: the caller reports it.
-    return False
+    stream = text.read_tfds(cfg, split)
+    what = f'data.tfds_name={cfg.tfds_name!r}'
+  if len(stream) < seq_len + 1:
+    fix = ' or a larger data.val_fraction' if split == 'validation' else ''
+    raise ValueError(f'{what} gives {len(stream)} {split} tokens, fewer than one window of '
+                     f'{seq_len + 1}: use more text, a smaller model.seq_len{fix}.')
+  return TokenDataset(stream, seq_len=seq_len, stride=seq_len, vocab_size=text.VOCAB_SIZE,
+                      bits_per_token_unit='byte', name=f'{what} {split}')
 
 
 def make_iterator(dataset, *, batch_size: int, seed: int, shard_index: int = 0,
                   shard_count: int = 1, shuffle: bool = True,
                   num_epochs: int | None = None) -> grain.DatasetIterator:
-  """Batches [batch_size, T+1] of this process's shard; checkpointable, resumes exactly.
+  """Batches int32 [batch_size, T+1] of this process's shard; checkpointable, resumes exactly.
 
-  The order is a global shuffle (same `seed` on every process, reshuffled each epoch), of which
-  process `shard_index` takes every `shard_count`-th window: shards are disjoint.
+  One global order for all processes: a shuffle by `seed` (reshuffled every epoch; the identity
+  when `shuffle=False`), cut to a whole number of global batches (batch_size * shard_count) per
+  epoch; process `shard_index` takes every `shard_count`-th window of it. Shards are disjoint,
+  batch k of all shards together is global batch k, and no batch straddles two epochs.
+  `num_epochs=None` repeats forever. The state is {'next_index': batches * batch_size}.
   """
-  if len(dataset) < shard_count * batch_size:
+  if batch_size < 1 or not 0 <= shard_index < shard_count:
+    raise ValueError(f'batch_size={batch_size}, shard_index={shard_index}, '
+                     f'shard_count={shard_count} are invalid: need batch_size >= 1 and '
+                     '0 <= shard_index < shard_count.')
+  global_batch = batch_size * shard_count
+  usable = len(dataset) - len(dataset) % global_batch
+  if usable == 0:
     raise ValueError(f'the dataset has {len(dataset)} windows, fewer than one global batch '
                      f'({shard_count} x {batch_size}): use more data or a smaller batch_size.')
   ds = grain.MapDataset.source(dataset)
   if shuffle:
     ds = ds.shuffle(seed=seed)
-  ds = ds[shard_index::shard_count].repeat(num_epochs)
+  ds = ds[:usable][shard_index::shard_count].repeat(num_epochs)
   ds = ds.batch(batch_size, drop_remainder=True, batch_fn=np.stack)
-  return iter(ds.to_iter_dataset())
+  # Reading a window is a slice: a few threads and a short buffer keep memory small.
+  options = grain.ReadOptions(num_threads=4, prefetch_buffer_size=8)
+  return iter(ds.to_iter_dataset(options))
 
 
-def bayes_optimal_ce(cfg: ml_collections.ConfigDict, *, seq_len: int, num_windows: int | None = None,
-                     split: str = 'validation') -> float:
-  """Mean Bayes-optimal loss (nats per predicted token) over the first `num_windows` windows of
-  the synthetic `split`, scored like the model: predicting w[1:] from w[:-1]."""
+def bayes_optimal_ce_per_position(cfg: ml_collections.ConfigDict, *, seq_len: int,
+                                  num_windows: int | None = None,
+                                  split: str = 'validation') -> np.ndarray:
+  """Bayes-optimal loss (nats) at each predicted position t = 1..seq_len, float64 [seq_len],
+  averaged over windows 0..num_windows-1 of the synthetic `split` (default: all of its windows).
+  """
   if cfg.kind != 'synthetic':
     raise ValueError(f'bayes_optimal_ce needs data.kind=synthetic, not {cfg.kind!r}.')
-  tokens = make_dataset(cfg, seq_len=seq_len, split=split).tokens[:num_windows]
-  return float(-_synthetic_source(cfg).predictive_log_probs(tokens).mean())
+  _check_split(split)
+  if num_windows is None:
+    num_windows = cfg.num_train_windows if split == 'train' else cfg.num_val_windows
+  source = _synthetic_source(cfg)
+  tokens, _ = source.sample(np.arange(int(num_windows)), seq_len + 1, split)
+  return -source.predictive_log_probs(tokens).mean(0)
 
 
-__all__ = ['KINDS', 'SPLITS', 'bayes_optimal_ce', 'default_data_config', 'make_dataset',
-           'make_iterator', 'vocab_size']
+def bayes_optimal_ce(cfg: ml_collections.ConfigDict, *, seq_len: int,
+                     num_windows: int | None = None, split: str = 'validation') -> float:
+  """Mean Bayes-optimal loss (nats per predicted token) over windows 0..num_windows-1 of the
+  synthetic `split`, scored like the model: predicting w[1:] from w[:-1]. With `shuffle=False`
+  these are exactly the windows of the first num_windows / global_batch evaluation batches.
+  """
+  per_position = bayes_optimal_ce_per_position(cfg, seq_len=seq_len, num_windows=num_windows,
+                                               split=split)
+  return float(per_position.mean())
+
+
+__all__ = ['KINDS', 'SPLITS', 'TokenDataset', 'bayes_optimal_ce', 'bayes_optimal_ce_per_position',
+           'default_data_config', 'make_dataset', 'make_iterator', 'vocab_size']

@@ -1,10 +1,15 @@
 """A synthetic source with real fast-slow structure and a known optimum.
 
 A hidden regime z_t in {0..K-1} is a slow Markov chain: it stays with probability 1 - 1/R and
-otherwise jumps to one of the other regimes uniformly (expected dwell R = `regime_period`
-tokens). Tokens follow the current regime's first-order Markov chain: x_t ~ A[z_t][x_{t-1}, :],
-with rows drawn from a Dirichlet(`concentration`). The regime can only be inferred from a stretch
-of recent tokens, which is what a slow path summarising blocks of P tokens could pick up.
+otherwise jumps to one of the other K-1 regimes uniformly (expected dwell R = `regime_period`
+tokens; the stationary distribution is uniform). Tokens follow the current regime's first-order
+Markov chain, x_t ~ A[z_t][x_{t-1}, :], whose rows are drawn once from a Dirichlet(`concentration`)
+by `source_seed`. A window starts from z_0 and x_0 uniform. The regime can only be inferred from a
+stretch of recent tokens, which is what a slow path summarising blocks of P tokens could pick up.
+
+Random access: the randomness of window i of a split is a counter-based hash of
+(source_seed, split, i, t), so window i is the same whatever the number of windows asked for, and
+any set of windows is generated at once, vectorised over windows (a loop over t only).
 
 The Bayes-optimal next-token loss is exact by forward filtering over z (an HMM whose emission
 depends on the previous token), so evaluation reports the gap to the optimum.
@@ -16,49 +21,78 @@ import functools
 
 import numpy as np
 
-_SPLIT_IDS = {'train': 0, 'validation': 1}
+SPLIT_IDS = {'train': 0, 'validation': 1}
+_GAMMA = 0x9E3779B97F4A7C15  # splitmix64 increment.
+
+
+def _mix(z: np.ndarray) -> np.ndarray:
+  """The splitmix64 finaliser on uint64 arrays (wrapping arithmetic)."""
+  z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+  z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+  return z ^ (z >> np.uint64(31))
+
+
+def _uniform(keys: np.ndarray, counter: int) -> np.ndarray:
+  """Uniform float64 in [0, 1), one per key, for draw number `counter` of each window."""
+  z = _mix(keys + np.uint64((counter + 1) * _GAMMA % 2**64))
+  return (z >> np.uint64(11)).astype(np.float64) * 2.0**-53
 
 
 class FastSlowSource:
-  """The generative process: regime transition S [K, K] and token chains A [K, V, V]."""
+  """The generative process: regime transitions S [K, K] and token chains A [K, V, V]."""
 
   def __init__(self, vocab_size: int, num_regimes: int, regime_period: float,
                concentration: float, seed: int):
-    if regime_period < 1:
+    if not regime_period >= 1:
       raise ValueError(f'data.regime_period={regime_period} is invalid: use a value >= 1 (tokens).')
     if num_regimes < 1 or vocab_size < 2:
-      raise ValueError('data.num_regimes must be >= 1 and data.vocab_size >= 2.')
-    rng = np.random.default_rng(seed)
+      raise ValueError(f'data.num_regimes={num_regimes} / data.vocab_size={vocab_size} are '
+                       'invalid: use num_regimes >= 1 and vocab_size >= 2.')
+    if not concentration > 0:
+      raise ValueError(f'data.concentration={concentration} is invalid: use a value > 0.')
     K, V = num_regimes, vocab_size
-    switch = 1.0 / regime_period if K > 1 else 0.0
-    self.S = np.full((K, K), switch / max(K - 1, 1))  # Jump to any other regime uniformly...
-    np.fill_diagonal(self.S, 1.0 - switch)  # ...or stay.
-    self.A = rng.dirichlet(np.full(V, concentration), size=(K, V))  # [K, V, V]
     self.K, self.V, self.seed = K, V, seed
+    self.switch = 1.0 / regime_period if K > 1 else 0.0
+    self.S = np.full((K, K), self.switch / max(K - 1, 1))  # Jump to any other regime uniformly...
+    np.fill_diagonal(self.S, 1.0 - self.switch)  # ...or stay.
+    self.A = np.random.default_rng(seed).dirichlet(np.full(V, concentration), size=(K, V))
+    # Inverse-CDF table: row r = z*V + x holds cumsum(A[z, x]) + r, so one searchsorted over the
+    # flat table samples every window's next token at once.
+    cum = np.cumsum(self.A, -1)
+    cum[..., -1] = 1.0
+    self._table = (cum + np.arange(K * V, dtype=np.float64).reshape(K, V, 1)).ravel()
+    self._base_key = _mix(np.array([seed % 2**64], np.uint64) + np.uint64(_GAMMA))
 
-  def sample(self, num: int, length: int, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """(tokens, regimes), each int32 [num, length], deterministic in (seed, split)."""
-    rng = np.random.default_rng([self.seed, _SPLIT_IDS[split]])
-    z = np.empty((num, length), np.int64)
-    x = np.empty((num, length), np.int64)
-    z[:, 0] = rng.integers(0, self.K, num)
-    x[:, 0] = rng.integers(0, self.V, num)
-    cum_S, cum_A = np.cumsum(self.S, -1), np.cumsum(self.A, -1)
+  def sample(self, indices, length: int, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """(tokens, regimes) of windows `indices` of `split`: each int32 [len(indices), length]."""
+    idx = np.asarray(indices, np.int64).reshape(-1)
+    keys = _mix(_mix(self._base_key ^ np.uint64(SPLIT_IDS[split])) ^ idx.astype(np.uint64))
+    z = np.empty((len(idx), length), np.int32)
+    x = np.empty((len(idx), length), np.int32)
+    z[:, 0] = np.minimum(_uniform(keys, 0) * self.K, self.K - 1)
+    x[:, 0] = np.minimum(_uniform(keys, 1) * self.V, self.V - 1)
     for t in range(1, length):
-      u = rng.random((2, num, 1))
-      z[:, t] = np.minimum((u[0] > cum_S[z[:, t - 1]]).sum(-1), self.K - 1)
-      x[:, t] = np.minimum((u[1] > cum_A[z[:, t], x[:, t - 1]]).sum(-1), self.V - 1)
-    return x.astype(np.int32), z.astype(np.int32)
+      u_z, u_x = _uniform(keys, 2 * t), _uniform(keys, 2 * t + 1)
+      jump = u_z < self.switch  # Conditional on a jump, u_z / switch is uniform again.
+      other = np.minimum(u_z / max(self.switch, 1e-300) * (self.K - 1), self.K - 2).astype(np.int32)
+      z[:, t] = np.where(jump, (z[:, t - 1] + 1 + other) % self.K, z[:, t - 1])
+      row = z[:, t].astype(np.int64) * self.V + x[:, t - 1]
+      pos = np.searchsorted(self._table, row + u_x, side='right') - row * self.V
+      x[:, t] = np.clip(pos, 0, self.V - 1)
+    return x, z
 
   def predictive_log_probs(self, tokens: np.ndarray) -> np.ndarray:
-    """log p(x_t | x_<t) of the Bayes-optimal predictor, [num, length-1] for t = 1..length-1."""
+    """log p(x_t | x_<t) of the Bayes-optimal predictor, [num, length-1] for t = 1..length-1.
+
+    Forward filtering: belief_t = p(z_t | x_<=t); the prior of step t is belief_{t-1} @ S and the
+    emission is A[z][x_{t-1}, x_t]. x_0 is uniform whatever z_0, so belief_0 is uniform.
+    """
+    tokens = np.asarray(tokens, np.int64)
     num, length = tokens.shape
-    belief = np.full((num, self.K), 1.0 / self.K)  # p(z_0 | x_0): x_0 carries no information.
+    belief = np.full((num, self.K), 1.0 / self.K)
     out = np.empty((num, length - 1))
     for t in range(1, length):
-      prior = belief @ self.S  # p(z_t | x_<t)
-      emit = self.A[:, tokens[:, t - 1], tokens[:, t]].T  # [num, K]: A_z[x_{t-1}, x_t]
-      joint = prior * emit
+      joint = (belief @ self.S) * self.A[:, tokens[:, t - 1], tokens[:, t]].T  # [num, K]
       p = joint.sum(-1)
       out[:, t - 1] = np.log(p)
       belief = joint / p[:, None]
@@ -66,13 +100,20 @@ class FastSlowSource:
 
 
 @functools.lru_cache(maxsize=8)
-def source_for(vocab_size, num_regimes, regime_period, concentration, seed) -> FastSlowSource:
+def source_for(vocab_size: int, num_regimes: int, regime_period: float, concentration: float,
+               seed: int) -> FastSlowSource:
+  """The (cached) source of these generative parameters."""
   return FastSlowSource(vocab_size, num_regimes, regime_period, concentration, seed)
 
 
-@functools.lru_cache(maxsize=8)
-def windows(source: FastSlowSource, num: int, length: int, split: str) -> np.ndarray:
-  """The split's `num` windows of `length` tokens (generated once, vectorised over windows)."""
-  tokens, _ = source.sample(num, length, split)
+@functools.lru_cache(maxsize=4)
+def windows(source: FastSlowSource, split: str, num: int, length: int) -> np.ndarray:
+  """Windows 0..num-1 of `split`, [num, length], read-only, in the smallest unsigned dtype.
+
+  Built once per (source, split, num, length): training and evaluation share it.
+  """
+  tokens, _ = source.sample(np.arange(num), length, split)
+  tokens = tokens.astype(np.uint8 if source.V <= 256 else np.uint16 if source.V <= 65536
+                         else np.int32)
   tokens.setflags(write=False)
   return tokens
