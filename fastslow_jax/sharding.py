@@ -68,7 +68,9 @@ def make_mesh(sizes, devices: Sequence[jax.Device] | None = None) -> Mesh:
       raise ValueError(f'mesh.data={shape[0]} is not a multiple of mesh.dcn_data={dcn}: the data '
                        'axis spans the slices, so make it a multiple of the slice count.')
     ici = (shape[0] // dcn, *shape[1:])
-    granule_is_process = not hasattr(devices[0], 'slice_index')  # GPUs / CPUs: one host a granule.
+    # TPU slices report distinct slice indices; elsewhere (GPU hosts, CPU processes) a process is
+    # the unit connected by the slower network.
+    granule_is_process = len({getattr(d, 'slice_index', 0) for d in devices}) == 1
     grid = mesh_utils.create_hybrid_device_mesh(ici, (dcn, 1, 1), devices,
                                                 process_is_granule=granule_is_process)
     return Mesh(grid, MESH_AXES, axis_types=axis_types)

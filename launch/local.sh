@@ -62,7 +62,7 @@ for ((i = 0; i < processes; i++)); do
   (
     export JAX_COORDINATOR_ADDRESS="127.0.0.1:$port" JAX_NUM_PROCESSES="$processes" \
       JAX_PROCESS_ID="$i" JAX_PLATFORMS=cpu \
-      XLA_FLAGS="--xla_force_host_platform_device_count=$devices ${XLA_FLAGS:-}"
+      XLA_FLAGS="${XLA_FLAGS:-} --xla_force_host_platform_device_count=$devices"  # Last wins.
     if [[ $i -eq 0 ]]; then exec "$@"; else exec "$@" >"$log_dir/process_$i.log" 2>&1; fi
   ) &
   pids+=($!)
