@@ -39,7 +39,7 @@ _TRAIN_SIZES = {
     '124m': dict(batch_size=256, total_steps=20_000, lr=6e-4, mesh=(1, -1, 1), dtype='bfloat16'),
     '350m': dict(batch_size=256, total_steps=40_000, lr=3e-4, mesh=(1, -1, 1), dtype='bfloat16'),
     '1b': dict(batch_size=512, total_steps=60_000, lr=2e-4, mesh=(1, -1, 1), dtype='bfloat16',
-               grad_accum_steps=4),
+               grad_accum_steps=8),
 }
 
 

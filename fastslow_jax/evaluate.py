@@ -17,9 +17,9 @@ from typing import Any
 import jax
 from etils import epath
 import ml_collections
-from absl import app, flags, logging
+from absl import flags, logging
 
-from fastslow_jax import checkpointing, data, distributed, metrics, models, train
+from fastslow_jax import checkpointing, cli, data, models, train
 
 def load_config(workdir: str | epath.Path) -> ml_collections.ConfigDict:
   """The resolved config a training run wrote to its workdir."""
@@ -90,24 +90,16 @@ def define_flags() -> None:
   flags.DEFINE_enum('split', 'validation', ['train', 'validation'], 'Data split.')
   flags.DEFINE_integer('batches', None, 'Batches to evaluate (default: the run\'s eval_batches).')
   flags.DEFINE_string('mesh', '1,-1,1', 'data,fsdp,tensor sizes over the local devices.')
-  distributed.define_flags()
   flags.mark_flags_as_required(['workdir'])
 
 
-def main(argv):
-  del argv
+def main():
   f = flags.FLAGS
-  metrics.quiet_library_logs()
-  distributed.initialize_from_flags()
-  try:
-    out = evaluate(f.workdir, step=f.step, split=f.split, num_batches=f.batches, mesh=f.mesh)
-  except ValueError as e:  # Bad input or a damaged checkpoint: one line, exit status 2.
-    train.cli_error(e)
+  out = evaluate(f.workdir, step=f.step, split=f.split, num_batches=f.batches, mesh=f.mesh)
   if jax.process_index() == 0:
     print(format_result(out))
     logging.info('Wrote eval_%s_%d.json', out['split'], out['step'])
 
 
 if __name__ == '__main__':
-  define_flags()
-  app.run(main, flags_parser=train.parse_flags)
+  cli.run(main, define_flags)

@@ -10,12 +10,10 @@ same command on the same workdir resumes from the latest checkpoint.
 
 from __future__ import annotations
 
-import ast
 import contextlib
 import json
 import math
 import signal
-import sys
 import threading
 import time
 from typing import Any
@@ -26,11 +24,11 @@ from etils import epath
 import jax.numpy as jnp
 import ml_collections
 import optax
-from absl import app, flags, logging
+from absl import flags, logging
 from flax import nnx
 from ml_collections import config_flags
 
-from fastslow_jax import checkpointing, data, distributed, metrics, models, optim, sharding
+from fastslow_jax import checkpointing, cli, data, metrics, models, optim, sharding
 
 CONFIG_FILE = 'config.json'
 # Model fields that change how, not what, is computed: a checkpoint survives changing them.
@@ -400,48 +398,13 @@ def define_flags() -> None:
                        'changing the schedule; the same command without it resumes.')
   flags.DEFINE_bool('overwrite', False, 'Delete checkpoints of a different model in --workdir '
                     'instead of refusing it.')
-  distributed.define_flags()
   flags.mark_flags_as_required(['config', 'workdir'])
 
 
-def main(argv):
-  del argv
+def main():
   f = flags.FLAGS
-  metrics.quiet_library_logs()
-  distributed.initialize_from_flags()
-  try:
-    train(f.config, f.workdir, stop_at_step=f.stop_at_step, overwrite=f.overwrite)
-  except ValueError as e:  # Bad config or input: one line, exit status 2.
-    cli_error(e)
-  except FloatingPointError as e:
-    cli_error(e, status=1)
-
-
-def cli_error(error: Exception, status: int = 2):
-  """Ends a command with a one-line message on stderr."""
-  print(f'error: {str(error).strip().splitlines()[0]}', file=sys.stderr)
-  sys.exit(status)
-
-
-def parse_flags(argv):
-  """absl flag parsing whose errors (including a bad --config) are one line and exit 2."""
-  try:
-    return flags.FLAGS(argv)
-  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
-    text = str(e).strip()
-    if text[:1] in '\'"':  # KeyError-style messages arrive quoted and escaped.
-      with contextlib.suppress(ValueError, SyntaxError):
-        text = str(ast.literal_eval(text))
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    if 'Traceback' in str(e):  # A config file raised: its own message is the last line.
-      message = lines[-1].partition(': ')[2] or lines[-1]
-    elif isinstance(e, AttributeError):  # --config.<typo>=...: ml_collections suggests a fix.
-      message = f'unknown config field {lines[0]}: {" ".join(lines[1:])}'.rstrip(': ')
-    else:
-      message = lines[0]
-    cli_error(ValueError(message))
+  train(f.config, f.workdir, stop_at_step=f.stop_at_step, overwrite=f.overwrite)
 
 
 if __name__ == '__main__':
-  define_flags()
-  app.run(main, flags_parser=parse_flags)
+  cli.run(main, define_flags)
