@@ -3,6 +3,7 @@
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -147,3 +148,22 @@ def test_cli_train_then_evaluate(tmp_path):
                        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
   assert 'gap_to_optimum' in out.stdout and 'gate/layer_0' in out.stdout
   assert (workdir / 'eval_validation_4.json').exists()
+
+
+def test_non_finite_loss_stops_at_the_step_and_keeps_the_good_checkpoint(tmp_path):
+  config = tiny_config(**{'optim.lr': 1e30, 'optim.warmup_steps': 0, 'optim.clip_norm': 1e30,
+                          'total_steps': 8, 'checkpoint_every': 1})
+  with pytest.raises(FloatingPointError, match=r'non-finite .* at step (\d+); the last good') as e:
+    train.train(config, tmp_path)
+  bad_step = int(re.search(r'at step (\d+)', str(e.value)).group(1))
+  good = evaluate.evaluate(tmp_path)  # The newest checkpoint is the last finite state.
+  assert good['step'] < bad_step and np.isfinite(good['loss'])
+
+
+def test_skip_nonfinite_skips_updates_then_gives_up(tmp_path, caplog):
+  config = tiny_config(**{'optim.lr': 1e30, 'optim.warmup_steps': 0, 'optim.clip_norm': 1e30,
+                          'total_steps': 12, 'skip_nonfinite': True, 'max_nonfinite_skips': 2})
+  with pytest.raises(FloatingPointError, match='at step'):
+    train.train(config, tmp_path)
+  assert 'update skipped (1 in a row)' in caplog.text
+  assert 'update skipped (2 in a row)' in caplog.text
