@@ -4,7 +4,7 @@ r"""Step time, throughput, FLOP/s and memory: dense vs coupled, over T and P.
     python -m experiments.bench --size=124m --batch_size=32 --seq_lens=1024,2048
 
 Each row is one jitted train step (forward, backward, AdamW) on random tokens, timed over
-`--steps` calls after `--warmup`, median reported. FLOP/s uses the analytic training count with
+`--steps` calls after `--warmup`, median reported; the rows of one T are timed round-robin. FLOP/s uses the analytic training count with
 causal attention counted honestly. Memory is XLA's compiled estimate (arguments + outputs +
 temporaries) and, where the device reports it, the measured peak. The last column is the step-time
 ratio of each coupled row to the dense row with the same T (target at P=16, T=1024: <= 1.05).
@@ -35,47 +35,64 @@ _MESH = flags.DEFINE_string('mesh', '-1,1,1', 'data,fsdp,tensor.')
 CONFIG = pathlib.Path(__file__).resolve().parents[1] / 'configs' / 'fastslow.py'
 
 
-def bench_one(arm: str, T: int, P: int) -> dict:
-  """Times one configuration; returns its row."""
-  data, fsdp, tensor = (int(x) for x in _MESH.value.split(','))
-  overrides = {'model.seq_len': T, 'model.vocab_size': 256, 'batch_size': _BATCH.value,
-               'model.attention_impl': _IMPL.value, 'mesh.data': data, 'mesh.fsdp': fsdp,
-               'mesh.tensor': tensor}
-  if _DTYPE.value:
-    overrides['model.dtype'] = _DTYPE.value
-  config = train.resolve_config(configlib.load(f'{CONFIG}:arm={arm},size={_SIZE.value},P={P}',
-                                               overrides))
-  setup = train.Setup(config)
-  state = setup.init_state()
-  compile_start = time.perf_counter()
-  step = setup.compile_train_step(config.batch_size)
-  compile_s = time.perf_counter() - compile_start
-  memory = step.memory_analysis()
-  estimate = sum(getattr(memory, f, 0) or 0 for f in
-                 ('argument_size_in_bytes', 'output_size_in_bytes', 'temp_size_in_bytes'))
-  rng = np.random.default_rng(0)
-  tokens = setup.global_batch(rng.integers(0, 256, (config.batch_size, T + 1), dtype=np.int32))
-  times = []
-  with setup.activate():
-    for i in range(_WARMUP.value + _STEPS.value):
+class Row:
+  """One compiled configuration, ready to be timed a step at a time."""
+
+  def __init__(self, arm: str, T: int, P: int):
+    data, fsdp, tensor = (int(x) for x in _MESH.value.split(','))
+    overrides = {'model.seq_len': T, 'model.vocab_size': 256, 'batch_size': _BATCH.value,
+                 'model.attention_impl': _IMPL.value, 'mesh.data': data, 'mesh.fsdp': fsdp,
+                 'mesh.tensor': tensor}
+    if _DTYPE.value:
+      overrides['model.dtype'] = _DTYPE.value
+    config = train.resolve_config(configlib.load(
+        f'{CONFIG}:arm={arm},size={_SIZE.value},P={P}', overrides))
+    self.setup = setup = train.Setup(config)
+    self.state = setup.init_state()
+    start = time.perf_counter()
+    self.compiled = setup.compile_train_step(config.batch_size)
+    self.compile_s = time.perf_counter() - start
+    rng = np.random.default_rng(0)
+    self.tokens = setup.global_batch(
+        rng.integers(0, 256, (config.batch_size, T + 1), dtype=np.int32))
+    self.arm, self.T, self.P, self.batch = arm, T, P, config.batch_size
+    self.times: list[float] = []
+
+  def step(self, record: bool) -> None:
+    with self.setup.activate():
       start = time.perf_counter()
-      state, m = step(state, tokens)
+      self.state, m = self.compiled(self.state, self.tokens)
       jax.block_until_ready(m)
-      if i >= _WARMUP.value:
-        times.append(time.perf_counter() - start)
-  step_s = statistics.median(times)
-  flops = models.flops_per_token(setup.model_config)
-  tokens_per_s = config.batch_size * T / step_s
-  stats = jax.devices()[0].memory_stats() or {}
-  peak = metrics.peak_flops()
-  return {'arm': arm, 'T': T, 'P': P if arm != 'dense' else None, 'step_s': step_s,
-          'steps_per_s': 1 / step_s, 'tokens_per_s': tokens_per_s,
-          'tflops_per_s': tokens_per_s * flops.total / 1e12,
-          'mfu': tokens_per_s * flops.total / (peak * jax.device_count()) if peak else None,
-          'slow_flop_share': flops.slow / flops.total, 'compile_s': compile_s,
-          'mem_estimate_gib': estimate / 2**30,
-          'mem_peak_gib': stats.get('peak_bytes_in_use', 0) / 2**30 or None,
-          'params': models.param_count(state.params)}
+    if record:
+      self.times.append(time.perf_counter() - start)
+
+  def result(self) -> dict:
+    memory = self.compiled.memory_analysis()
+    estimate = sum(getattr(memory, f, 0) or 0 for f in
+                   ('argument_size_in_bytes', 'output_size_in_bytes', 'temp_size_in_bytes'))
+    step_s = statistics.median(self.times)
+    flops = models.flops_per_token(self.setup.model_config)
+    tokens_per_s = self.batch * self.T / step_s
+    stats = jax.devices()[0].memory_stats() or {}
+    peak = metrics.peak_flops()
+    return {'arm': self.arm, 'T': self.T, 'P': self.P if self.arm != 'dense' else None,
+            'step_s': step_s, 'steps_per_s': 1 / step_s, 'tokens_per_s': tokens_per_s,
+            'tflops_per_s': tokens_per_s * flops.total / 1e12,
+            'mfu': tokens_per_s * flops.total / (peak * jax.device_count()) if peak else None,
+            'slow_flop_share': flops.slow / flops.total, 'compile_s': self.compile_s,
+            'mem_estimate_gib': estimate / 2**30,
+            'mem_peak_gib': stats.get('peak_bytes_in_use', 0) / 2**30 or None,
+            'params': models.param_count(self.state.params)}
+
+
+def bench_seq_len(T: int, Ps: list[int]) -> list[dict]:
+  """Dense and coupled at every P for one T, timed round-robin (A B C A B C ...) so that a
+  machine slowing down or speeding up affects every row alike and the ratios stay honest."""
+  rows = [Row('dense', T, Ps[0])] + [Row('coupled', T, P) for P in Ps]
+  for i in range(_WARMUP.value + _STEPS.value):
+    for row in rows:
+      row.step(record=i >= _WARMUP.value)
+  return [row.result() for row in rows]
 
 
 def format_table(rows: list[dict]) -> str:
@@ -100,12 +117,8 @@ def main(argv):
         f'batch={_BATCH.value}, attention={_IMPL.value}')
   rows = []
   for T in (int(t) for t in _SEQ_LENS.value):
-    rows.append(bench_one('dense', T, int(_PS.value[0])))
-    for P in (int(p) for p in _PS.value):
-      rows.append(bench_one('coupled', T, P))
+    rows += bench_seq_len(T, [int(p) for p in _PS.value])
     print(format_table(rows), flush=True)
-  print()
-  print(format_table(rows))
 
 
 if __name__ == '__main__':

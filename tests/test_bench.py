@@ -1,0 +1,17 @@
+"""The benchmark script runs and prints its table (figures themselves are not asserted)."""
+
+import pathlib
+import re
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_bench_prints_a_row_per_arm_and_the_ratio():
+  out = subprocess.run([sys.executable, '-m', 'experiments.bench', '--size=tiny', '--seq_lens=32',
+                        '--Ps=4,8', '--steps=1', '--warmup=0', '--batch_size=2'], cwd=ROOT,
+                       check=True, capture_output=True, text=True, timeout=300).stdout
+  rows = [line for line in out.splitlines() if re.match(r'(dense|coupled)\s+32\s', line)]
+  assert [r.split()[0] for r in rows] == ['dense', 'coupled', 'coupled']
+  assert rows[0].split()[-1] == '1.000' and all(float(r.split()[-1]) > 0 for r in rows)
