@@ -1,0 +1,485 @@
+"""Shared machinery of the experiments: configs from a token budget, a resumable grid of training
+runs, probes of a trained model's slow paths, statistics, plots and Markdown reports.
+
+Every experiment is `python -m experiments.<name> [--flags]`; its module exposes a `run(...)`
+function (used by the tests at miniature scale) and defines its absl flags only when run as a
+script. Runs go to `--workdir_root` (default `workdirs/<name>/`, git-ignored); a run whose
+`result.json` matches its config is reused, so an interrupted grid resumes where it stopped.
+Reports (Markdown + PNG) go to `experiments/reports/<name>/`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import functools
+import json
+import math
+import os
+import pathlib
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import matplotlib
+import matplotlib.ticker
+import ml_collections
+import numpy as np
+from flax import nnx
+from scipy import stats
+
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # noqa: E402
+
+from fastslow_jax import checkpointing, configlib, data, metrics, train  # noqa: E402
+from fastslow_jax.models import block_mean_pool, broadcast_completed_blocks  # noqa: E402
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+CONFIG = REPO / 'configs' / 'fastslow.py'
+REPORTS = REPO / 'experiments' / 'reports'
+DEFAULT_TEXT = REPO.parent / 'shared' / 'data' / 'tinyshakespeare.txt'
+ARMS = ('dense', 'coupled', 'gate_frozen', 'slow_frozen')
+COLORS = {'dense': 'tab:gray', 'coupled': 'tab:blue', 'gate_frozen': 'tab:orange',
+          'slow_frozen': 'tab:green'}
+
+# Named sizes beyond configs/fastslow.py: (base size, overrides). 'cpu' is the default of the
+# experiments: the whole 500k-token grid (24 runs) fits in about half an hour on 2 CPU cores.
+# Any size of the config file (tiny, small, 124m, 350m, 1b) is used as is.
+PRESETS = {
+    'cpu': ('tiny', {'model.d_model': 96, 'model.num_layers': 2, 'model.num_heads': 4,
+                     'model.slow_num_heads': 4, 'model.mlp_dim': 384, 'model.phi_dim': 384,
+                     'model.seq_len': 128, 'batch_size': 16}),
+}
+
+# A run's slow path counts as "open" when the gated slow contribution reaches this fraction of
+# the fast attention update (RMS over validation tokens) in some layer.
+OPEN_SHARE = 0.05
+ALPHA = 0.05  # Significance level of the stated tests.
+
+
+# --------------------------------------------------------------------------- configs
+
+
+def parse_tokens(text: str | int) -> int:
+  """'500k' -> 500_000, '10M' -> 10_000_000, '2e6' -> 2_000_000."""
+  if isinstance(text, int):
+    return text
+  s = str(text).strip().lower().replace('_', '')
+  scale = {'k': 10**3, 'm': 10**6, 'g': 10**9, 'b': 10**9}.get(s[-1:], 1)
+  return int(float(s[:-1] if scale > 1 else s) * scale)
+
+
+def tokens_label(tokens: int) -> str:
+  """500_000 -> '500k', 10_000_000 -> '10m'."""
+  for unit, scale in (('g', 10**9), ('m', 10**6), ('k', 10**3)):
+    if tokens >= scale and tokens % (scale // 10) == 0:
+      return f'{tokens / scale:g}{unit}'
+  return str(tokens)
+
+
+def parse_overrides(items: Sequence[str] | str | None) -> dict[str, Any]:
+  """['model.d_model=128', 'optim.lr=1e-3'] (or one comma-separated string) -> a dict."""
+  if isinstance(items, str):
+    items = [s for s in items.split(',') if s]
+  out = {}
+  for item in items or ():
+    key, sep, value = item.partition('=')
+    if not sep:
+      raise ValueError(f'override {item!r} is invalid: use field=value, e.g. model.d_model=128.')
+    try:
+      out[key.strip()] = json.loads(value)
+    except json.JSONDecodeError:
+      out[key.strip()] = value
+  return out
+
+
+def data_label(spec: str) -> str:
+  """'synthetic' -> 'synthetic'; a text path -> its file stem."""
+  return 'synthetic' if spec == 'synthetic' else pathlib.Path(spec.split(',')[0]).stem
+
+
+def make_config(arm: str, *, size: str = 'cpu', P: int = 16, seed: int = 0,
+                data_spec: str = 'synthetic', tokens: int = 500_000, evals: int = 5,
+                checkpoints: int = 5, overrides: dict[str, Any] | None = None
+                ) -> ml_collections.ConfigDict:
+  """A training config of configs/fastslow.py for one run of a grid.
+
+  `size` is a config size or a PRESETS name; `data_spec` is 'synthetic' or text file(s);
+  `total_steps` is the token budget over batch_size * seq_len (rounded up); the run validates on
+  the whole validation set `evals` times and checkpoints `checkpoints` times (for probes).
+  `overrides` (dotted fields) come last and win.
+  """
+  base, preset = PRESETS.get(size, (size, {}))
+  config = configlib.load(f'{CONFIG}:arm={arm},size={base},P={P}', preset)
+  config.seed = seed
+  if data_spec != 'synthetic':
+    config.data.kind, config.data.path = 'text', data_spec
+  for key, value in (overrides or {}).items():
+    configlib.set_field(config, key, value)
+  per_step = config.batch_size * config.model.seq_len
+  steps = max(1, math.ceil(tokens / per_step))
+  if data_spec == 'synthetic':  # Enough fresh windows for the budget (one epoch at most).
+    config.data.num_train_windows = max(config.data.num_train_windows, steps * config.batch_size)
+  explicit = overrides or {}
+  config.total_steps = explicit.get('total_steps', steps)
+  steps = config.total_steps
+  if 'optim.warmup_steps' not in explicit:
+    config.optim.warmup_steps = min(1000, steps // 10)
+  if 'log_every' not in explicit:
+    config.log_every = max(1, steps // 100)
+  if 'eval_every' not in explicit:
+    config.eval_every = max(1, steps // max(1, evals))
+  if 'eval_batches' not in explicit:
+    config.eval_batches = 32
+  if 'checkpoint_every' not in explicit:
+    config.checkpoint_every = max(1, steps // max(1, checkpoints))
+  if 'keep_checkpoints' not in explicit:
+    config.keep_checkpoints = checkpoints + 1
+  return config
+
+
+# --------------------------------------------------------------------------- running a grid
+
+
+@dataclasses.dataclass(eq=False)
+class Run:
+  """One training run of a grid: `group` (e.g. the data source), arm, seed, a free `label`."""
+  name: str
+  group: str
+  arm: str
+  seed: int
+  config: ml_collections.ConfigDict
+  label: str = ''
+
+
+def train_seconds(records: list[dict[str, Any]]) -> tuple[float, float]:
+  """(total, median per step) training seconds from metrics.jsonl, compilation and evaluation
+  excluded. The median per step is robust to other load on the machine and to checkpoint IO."""
+  total, per_step, prev = 0.0, [], 0
+  for r in records:
+    if 'steps_per_sec' in r:
+      total += (r['step'] - prev) / r['steps_per_sec']
+      per_step.append(1 / r['steps_per_sec'])
+      prev = r['step']
+  return total, statistics.median(per_step) if per_step else float('nan')
+
+
+def enable_compilation_cache(path: str | os.PathLike) -> None:
+  """Persistent XLA cache: runs of a grid differing only in seed or data reuse compiled steps.
+  Call before anything compiles (the command-line entry points do)."""
+  jax.config.update('jax_compilation_cache_dir', os.fspath(path))
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
+
+
+def run_grid(runs: Sequence[Run], root: str | os.PathLike, *, devices=None,
+             log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+  """Trains every run in root/<name> (reusing finished ones); returns one result dict per run.
+
+  A result holds the final validation loss, the measured times (`wall_s`: the whole train.train
+  call; `train_s` and `step_s`: training steps only, from metrics.jsonl), final gates, the
+  gated slow share per layer at each checkpoint (`share`), and the config.
+  """
+  results = []
+  for i, run in enumerate(runs):
+    workdir = pathlib.Path(root) / run.name
+    result_path = workdir / 'result.json'
+    config_json = json.loads(run.config.to_json_best_effort())
+    if result_path.exists():
+      old = json.loads(result_path.read_text())
+      if old.get('config') == config_json:
+        log(f'[{i + 1}/{len(runs)}] {run.name}: reused ({result_path})')
+        results.append(old)
+        continue
+      import shutil  # A different config under the same name: start that run afresh.
+      shutil.rmtree(workdir)
+    log(f'[{i + 1}/{len(runs)}] {run.name}: {run.config.total_steps} steps ...')
+    start = time.perf_counter()
+    last = train.train(run.config, str(workdir), devices=devices, overwrite=True)
+    wall = time.perf_counter() - start
+    records = metrics.read_jsonl(workdir / metrics.METRICS_FILE)
+    train_s, step_s = train_seconds(records)
+    result = {
+        'name': run.name, 'group': run.group, 'arm': run.arm, 'seed': run.seed,
+        'label': run.label, 'val_loss': last['val_loss'], 'wall_s': wall, 'train_s': train_s,
+        'step_s': step_s, 'steps': run.config.total_steps,
+        'tokens': run.config.total_steps * run.config.batch_size * run.config.model.seq_len,
+        'gate': last.get('gate', {}),
+        'share': slow_shares(workdir, devices=devices) if run.arm != 'dense' else {},
+        'config': config_json,
+    }
+    log(f'    val_loss {result["val_loss"]:.4f}, {wall:.0f} s ({train_s:.0f} s training)')
+    result_path.write_text(json.dumps(result, indent=1) + '\n')
+    results.append(result)
+  return results
+
+
+def time_steps(configs: dict[str, ml_collections.ConfigDict], *, rounds: int = 20,
+               steps_per_round: int = 3, devices=None) -> dict[str, float]:
+  """Median seconds per jitted train step of each config, on random tokens.
+
+  The configs are timed round-robin (all compiled first; each round runs `steps_per_round` steps
+  of every config, in an order rotated every round), so a machine whose load changes over time
+  (other processes, thermal limits) slows every config alike: the ratios stay fair.
+  """
+  live = {}
+  for key, config in configs.items():
+    config = train.resolve_config(config, len(devices) if devices else None)
+    setup = train.Setup(config, devices)
+    T, B = config.model.seq_len, config.batch_size
+    tokens = np.random.default_rng(0).integers(0, config.model.vocab_size, (B, T + 1),
+                                               dtype=np.int32)
+    live[key] = [setup, setup.compile_train_step(B), setup.init_state(),
+                 setup.global_batch(tokens)]
+  keys, times = list(configs), {key: [] for key in configs}
+  for r in range(rounds + 1):  # Round 0 warms up.
+    for key in keys[r % len(keys):] + keys[:r % len(keys)]:
+      setup, step, state, tokens = live[key]
+      with setup.activate():
+        start = time.perf_counter()
+        for _ in range(steps_per_round):
+          state, m = step(state, tokens)
+        jax.block_until_ready(m)
+      live[key][2] = state
+      if r:
+        times[key].append((time.perf_counter() - start) / steps_per_round)
+  return {key: statistics.median(t) for key, t in times.items()}
+
+
+def cached_step_times(path: str | os.PathLike, configs: dict[str, ml_collections.ConfigDict],
+                      **kwargs) -> tuple[dict[str, float], str]:
+  """`time_steps`, stored in `path` (JSON) and reused while the configs and settings match.
+
+  Returns (seconds per step by key, a note of the machine's 1-minute load average before and
+  after timing: other work on the machine inflates small-op configs most)."""
+  path = pathlib.Path(path)
+  key = {'configs': {k: json.loads(c.to_json_best_effort()) for k, c in configs.items()},
+         'settings': {k: v for k, v in kwargs.items() if k != 'devices'}}
+  if path.exists():
+    old = json.loads(path.read_text())
+    if old.get('key') == key:
+      return old['step_s'], old.get('note', '')
+  before = os.getloadavg()[0]
+  step_s = time_steps(configs, **kwargs)
+  note = (f'load average {before:.1f} before and {os.getloadavg()[0]:.1f} after timing, on '
+          f'{os.cpu_count()} CPU cores')
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text(json.dumps({'key': key, 'step_s': step_s, 'note': note}, indent=1) + '\n')
+  return step_s, note
+
+
+# --------------------------------------------------------------------------- probing a model
+
+
+def load_setup(workdir: str | os.PathLike, devices=None) -> train.Setup:
+  """The training Setup of a run (its config.json), laid out on the local devices."""
+  config = ml_collections.ConfigDict(json.loads((pathlib.Path(workdir) / train.CONFIG_FILE)
+                                                .read_text()))
+  config.mesh.data, config.mesh.fsdp, config.mesh.tensor, config.mesh.dcn_data = 1, -1, 1, 1
+  return train.Setup(config, devices)
+
+
+def checkpoint_steps(workdir: str | os.PathLike) -> list[int]:
+  mngr = checkpointing.manager(os.path.abspath(workdir), read_only=True)
+  steps = sorted(mngr.all_steps())
+  mngr.close()
+  return steps
+
+
+def load_model(workdir: str | os.PathLike, step: int | None = None, devices=None,
+               setup: train.Setup | None = None):
+  """(config, model) of a run's checkpoint at `step` (default latest), on the local devices."""
+  setup = setup or load_setup(workdir, devices)
+  mngr = checkpointing.manager(os.path.abspath(workdir), read_only=True)
+  step = mngr.latest_step() if step is None else step
+  with setup.activate():
+    params = checkpointing.restore_params(mngr, step, setup.abstract_state_with_sharding().params)
+  mngr.close()
+  return setup.config, nnx.merge(setup.graphdef, params)
+
+
+def layer_internals(model, tokens: jax.Array) -> list[dict[str, jax.Array]]:
+  """Per layer: the fast update, and for slow layers the pooled input, slow state y, phi(y) and
+  the gated, broadcast slow update. Mirrors fastslow.Block.__call__ step by step."""
+  h = model.embed(tokens)
+  out = []
+  for block in model.blocks:
+    x = block.attn_norm(h)
+    rec = {'fast': block.fast(x)}
+    if block.slow is not None:
+      pooled = block_mean_pool(x, block.P)
+      y = block.slow.attn(pooled)
+      phi = block.slow.phi(y)
+      rec.update(pooled=pooled, y=y, phi=phi, gated=block.gate[...] * broadcast_completed_blocks(
+          phi, block.P, tokens.shape[1]))
+    out.append(rec)
+    h = block(h)
+  return out
+
+
+@functools.lru_cache(maxsize=32)
+def _jitted(graphdef, fn: Callable):
+  return jax.jit(lambda state, *args: fn(nnx.merge(graphdef, state), *args))
+
+
+def apply_jitted(model, fn: Callable, *args):
+  """fn(model, *args) under jax.jit (the model split into graph and state; compiled once per
+  model structure and fn)."""
+  graphdef, state = nnx.split(model)
+  return _jitted(graphdef, fn)(state, *args)
+
+
+def _shares(model, tokens):
+  return [jnp.sqrt(jnp.mean(jnp.square(r['gated'])) / jnp.mean(jnp.square(r['fast'])))
+          if 'gated' in r else None for r in layer_internals(model, tokens)]
+
+
+def slow_share_of(model, tokens) -> dict[str, float]:
+  """Per slow layer: RMS of the gated slow update over RMS of the fast attention update."""
+  shares = apply_jitted(model, _shares, tokens)
+  return {f'layer_{i}': float(s) for i, s in enumerate(shares) if s is not None}
+
+
+def slow_shares(workdir: str | os.PathLike, *, devices=None,
+                num_windows: int = 64) -> dict[str, dict[str, float]]:
+  """{step: slow share per layer} at every checkpoint of a run, on validation windows."""
+  setup = load_setup(workdir, devices)
+  cfg = setup.config
+  ds = data.make_dataset(cfg.data, seq_len=cfg.model.seq_len, split='validation')
+  tokens = jnp.asarray(np.stack([ds[i][:-1] for i in range(min(num_windows, len(ds)))]))
+  out = {}
+  for step in checkpoint_steps(workdir):
+    _, model = load_model(workdir, step, setup=setup)
+    with setup.activate():
+      out[str(step)] = slow_share_of(model, tokens)
+  return out
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+  """Mean and sample standard deviation (nan for fewer than two values)."""
+  v = np.asarray(values, float)
+  return float(v.mean()) if len(v) else math.nan, float(v.std(ddof=1)) if len(v) > 1 else math.nan
+
+
+def compare(a: Sequence[float], b: Sequence[float]) -> dict[str, float]:
+  """The stated test of a − b: Welch's t-test (two-sided) plus the seed-noise yardstick.
+
+  Returns diff (mean a − mean b), noise (pooled seed std), t, p and `within_noise`: p >= ALPHA
+  (nan p, i.e. fewer than two seeds per arm, counts as untestable: within_noise is None).
+  """
+  a, b = np.asarray(a, float), np.asarray(b, float)
+  diff = float(a.mean() - b.mean())
+  noise = float(np.sqrt((a.var(ddof=1) + b.var(ddof=1)) / 2)) if min(len(a), len(b)) > 1 else math.nan
+  if min(len(a), len(b)) < 2 or (noise == 0 and diff == 0):
+    t, p = (0.0, 1.0) if noise == 0 and diff == 0 else (math.nan, math.nan)
+  else:
+    t, p = (float(x) for x in stats.ttest_ind(a, b, equal_var=False))
+  return {'diff': diff, 'noise': noise, 't': t, 'p': p,
+          'within_noise': None if math.isnan(p) else bool(p >= ALPHA)}
+
+
+def fmt(x: float | None, digits: int = 4, sign: bool = False) -> str:
+  if x is None or (isinstance(x, float) and math.isnan(x)):
+    return 'n/a'
+  return f'{x:+.{digits}f}' if sign else f'{x:.{digits}f}'
+
+
+def fmt_pm(values: Sequence[float], digits: int = 4) -> str:
+  m, s = mean_std(values)
+  return f'{fmt(m, digits)} ± {fmt(s, digits)}' if len(values) > 1 else fmt(m, digits)
+
+
+def fmt_seconds(s: float) -> str:
+  return f'{s:.0f} s' if s < 120 else f'{s / 60:.1f} min' if s < 7200 else f'{s / 3600:.1f} h'
+
+
+# --------------------------------------------------------------------------- plots and reports
+
+
+def new_figure(ncols: int = 1, nrows: int = 1, width: float = 5.0, height: float = 3.6):
+  fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False)
+  return fig, axes
+
+
+def token_axis(ax) -> None:
+  """Training tokens on the x axis, labelled 100k, 1M, ..."""
+  ax.xaxis.set_major_formatter(matplotlib.ticker.EngFormatter(sep=''))
+  ax.set_xlabel('training tokens')
+
+
+def save_figure(fig, path: str | os.PathLike) -> str:
+  """Writes a PNG; returns its file name (for a Markdown link beside it)."""
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return pathlib.Path(path).name
+
+
+def git_commit() -> str:
+  """Short hash of HEAD (read only), or 'unknown' outside a git checkout."""
+  try:
+    return subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=REPO, check=True,
+                          capture_output=True, text=True).stdout.strip()
+  except (OSError, subprocess.CalledProcessError):
+    return 'unknown'
+
+
+def command_line(module: str, argv: Sequence[str] | None = None) -> str:
+  """The command that ran this process, e.g. 'python -m experiments.p_sweep --seeds=2'."""
+  argv = sys.argv[1:] if argv is None else argv
+  return ' '.join(['python', '-m', module, *map(shlex.quote, argv)])
+
+
+def report_header(title: str, command: str, elapsed_s: float | None = None) -> str:
+  """Title, then the exact command, the date, the commit and the device it ran on."""
+  now = datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')
+  device = f'{jax.device_count()} x {jax.devices()[0].device_kind}'
+  took = f' · took {fmt_seconds(elapsed_s)}' if elapsed_s is not None else ''
+  return (f'# {title}\n\n```\n{command}\n```\n\nGenerated {now} · commit `{git_commit()}` · '
+          f'{device} ({os.cpu_count()} CPU cores){took}. Regenerate with the command above '
+          '(finished runs in its workdir root are reused; delete them to start from scratch).\n')
+
+
+def display_path(path: str | os.PathLike) -> str:
+  """A path relative to the repository where it lies inside it (reports stay portable)."""
+  path = pathlib.Path(path).resolve()
+  return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+  lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
+  lines += ['| ' + ' | '.join(str(c) for c in row) + ' |' for row in rows]
+  return '\n'.join(lines) + '\n'
+
+
+def write_report(out_dir: str | os.PathLike, text: str, results: Any = None) -> pathlib.Path:
+  """Writes out_dir/report.md (and results.json with the numbers behind it)."""
+  out_dir = pathlib.Path(out_dir)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  path = out_dir / 'report.md'
+  path.write_text(text.rstrip() + '\n')
+  if results is not None:
+    (out_dir / 'results.json').write_text(json.dumps(results, indent=1, default=str) + '\n')
+  return path
+
+
+def read_metrics(workdir: str | os.PathLike) -> list[dict[str, Any]]:
+  return metrics.read_jsonl(pathlib.Path(workdir) / metrics.METRICS_FILE)
+
+
+def quiet() -> None:
+  """Keeps library INFO chatter out of the experiment logs."""
+  metrics.quiet_library_logs()
+
+
+def is_main_process() -> bool:
+  return jax.process_index() == 0
+

@@ -1,0 +1,464 @@
+r"""Does phi_theta recover the equilibrium manifold p_st(y)? A test on a source where it is exact.
+
+    python -m experiments.equilibrium                  # P in {4,8,16,32,64}, 500k tokens each
+
+The paper's theory: if the fast dynamics are a linear generator Q(y), the equilibrium manifold
+x = phi(y) is the master equation's stationary distribution p_st(y), and the learned phi_theta is a
+variational approximation of it. Here the data come from exactly such a system
+(`fastslow_jax.data.ctmc`: a CTMC over V states with Q(y) = Q0 + y Q1, observed at unit time
+steps, y a slow sinusoid), so p_st(y) is known exactly for every block.
+
+For each P a coupled model trains on this source (its own small loop over `train.Setup`, the same
+jitted step as `fastslow_jax.train`); at probe steps, phi_theta's output at every complete block j
+(every slow layer) is mapped to a distribution over the V states by a softmax-regression read-out
+fitted on held-out windows, and scored on other windows by the total-variation distance to
+pbar_j, the mean of p_st(y_t) over the block's tokens. Baselines: the uniform distribution, the
+best constant distribution, the block's empirical token histogram, the same read-out from the
+pooled layer input (a linear image of the block histogram at layer 0), and the drift floor
+TV(p_st(y at the block's end), pbar_j). Report: experiments/reports/equilibrium/report.md.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+import shutil
+import time
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from scipy import optimize
+
+from experiments import common
+from fastslow_jax import metrics, models, train
+from fastslow_jax.data import ctmc
+
+DEFAULT_PS = (4, 8, 16, 32, 64)
+DEFAULT_SOURCE = dict(vocab_size=16, levels=256, period_range=(384.0, 1536.0), rate=1.0,
+                      concentration=0.5, seed=0)
+DEFAULT_SET = {'model.seq_len': 256, 'batch_size': 8}
+
+
+# --------------------------------------------------------------------------- read-out
+
+
+def fit_readout(features: np.ndarray, targets: np.ndarray, l2: float = 1e-3,
+                maxiter: int = 300) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+  """Softmax regression with soft targets: argmin_W,b mean_i CE(targets_i, softmax(z_i W + b))
+  + l2 |W|^2, on standardised features z. Returns (W, b, mean, std)."""
+  mean, std = features.mean(0), features.std(0) + 1e-6
+  z = (features - mean) / std
+  n, d = z.shape
+  v = targets.shape[1]
+
+  def loss(theta):
+    W, b = theta[:d * v].reshape(d, v), theta[d * v:]
+    logits = z @ W + b
+    logits -= logits.max(1, keepdims=True)
+    logp = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+    value = -(targets * logp).sum() / n + l2 * (W * W).sum()
+    grad_logits = (np.exp(logp) - targets) / n
+    grad = np.concatenate([(z.T @ grad_logits + 2 * l2 * W).ravel(), grad_logits.sum(0)])
+    return value, grad
+
+  init = np.concatenate([np.zeros(d * v), np.log(targets.mean(0) + 1e-9)])
+  res = optimize.minimize(loss, init, jac=True, method='L-BFGS-B', options={'maxiter': maxiter})
+  return res.x[:d * v].reshape(d, v), res.x[d * v:], mean, std
+
+
+def predict_readout(params, features: np.ndarray) -> np.ndarray:
+  W, b, mean, std = params
+  logits = ((features - mean) / std) @ W + b
+  logits -= logits.max(1, keepdims=True)
+  p = np.exp(logits)
+  return p / p.sum(1, keepdims=True)
+
+
+def tv(p: np.ndarray, q: np.ndarray) -> float:
+  """Mean total-variation distance between rows of p and q."""
+  return float(0.5 * np.abs(p - q).sum(-1).mean())
+
+
+# --------------------------------------------------------------------------- probe data
+
+
+class ProbeSet:
+  """Held-out windows with their exact per-block targets: `fit` windows train the read-out,
+  `test` windows score it."""
+
+  def __init__(self, source: ctmc.CTMCSource, *, seq_len: int, P: int, num: int, seed: int):
+    tokens, level = source.sample(np.random.default_rng([seed, 7, P]), num, seq_len)
+    nb = seq_len // P
+    self.tokens = tokens
+    self.pbar = source.p_st[level].reshape(num, nb, P, -1).mean(2).reshape(num * nb, -1)
+    self.hist = np.eye(source.V)[tokens].reshape(num, nb, P, -1).mean(2).reshape(num * nb, -1)
+    self.p_end = source.p_st[level.reshape(num, nb, P)[:, :, -1]].reshape(num * nb, -1)
+
+
+def _slow_features(model, tokens):
+  out = {}
+  for i, r in enumerate(common.layer_internals(model, tokens)):
+    if 'phi' in r:
+      out[f'phi_{i}'], out[f'pooled_{i}'] = r['phi'], r['pooled']
+  return out
+
+
+def features(model, tokens: np.ndarray, batch: int = 64) -> dict[str, np.ndarray]:
+  """Per slow layer i: 'phi_i' (phi_theta's output at every block) and 'pooled_i' (the pooled
+  layer input), each [num * blocks, d_model]."""
+  parts = [common.apply_jitted(model, _slow_features, jnp.asarray(tokens[i:i + batch]))
+           for i in range(0, len(tokens), batch)]
+  return {k: np.concatenate([np.asarray(p[k], np.float64) for p in parts]).reshape(
+      -1, parts[0][k].shape[-1]) for k in parts[0]}
+
+
+def probe(model, fit: ProbeSet, test: ProbeSet, only: Sequence[str] | None = None
+          ) -> dict[str, float]:
+  """TV of the read-out from each feature set (fitted on `fit`, scored on `test`)."""
+  f_fit, f_test = features(model, fit.tokens), features(model, test.tokens)
+  return {name: tv(predict_readout(fit_readout(f_fit[name], fit.pbar), f_test[name]), test.pbar)
+          for name in f_fit if only is None or any(name.startswith(o) for o in only)}
+
+
+def baselines(fit: ProbeSet, test: ProbeSet) -> dict[str, float]:
+  V = test.pbar.shape[1]
+  return {
+      'uniform': tv(np.full_like(test.pbar, 1 / V), test.pbar),
+      'best constant': tv(np.broadcast_to(fit.pbar.mean(0), test.pbar.shape), test.pbar),
+      'block histogram': tv(test.hist, test.pbar),
+      'histogram read-out': tv(predict_readout(fit_readout(fit.hist, fit.pbar), test.hist),
+                               test.pbar),
+      'drift floor': tv(test.p_end, test.pbar),
+  }
+
+
+# --------------------------------------------------------------------------- one P
+
+
+def train_one(P: int, *, source: ctmc.CTMCSource, size: str, tokens: int, seed: int,
+              overrides: dict[str, Any], probes: int, probe_windows: int, workdir: pathlib.Path,
+              devices=None, log=print) -> dict[str, Any]:
+  """Trains the coupled model at this P on the CTMC source, probing phi_theta as it goes."""
+  config = common.make_config('coupled', size=size, P=P, seed=seed, tokens=tokens,
+                              overrides={**overrides, 'data.vocab_size': source.V,
+                                         'model.vocab_size': source.V})
+  config = train.resolve_config(config, len(devices) if devices else None)
+  key = {'config': json.loads(config.to_json_best_effort()), 'source': repr(vars_of(source)),
+         'probes': probes, 'probe_windows': probe_windows}
+  result_path = workdir / 'result.json'
+  if result_path.exists():
+    old = json.loads(result_path.read_text())
+    if old.get('key') == key:
+      log(f'P={P}: reused ({result_path})')
+      return old
+  shutil.rmtree(workdir, ignore_errors=True)
+  workdir.mkdir(parents=True)
+  start = time.perf_counter()
+  T, B, steps = config.model.seq_len, config.batch_size, config.total_steps
+  setup = train.Setup(config, devices)
+  state = setup.init_state()
+  step_fn = setup.compile_train_step(B)
+  eval_fn = setup.compile_eval_step()
+  train_tokens, _ = source.sample(np.random.default_rng([seed, 1, P]), steps * B, T + 1)
+  val_tokens, val_level = source.sample(np.random.default_rng([seed, 2, P]), 64, T + 1)
+  oracle = float(-source.oracle_log_probs(val_tokens, val_level).mean())
+  fit = ProbeSet(source, seq_len=T, P=P, num=probe_windows, seed=seed)
+  test = ProbeSet(source, seq_len=T, P=P, num=probe_windows, seed=seed + 1000)
+  base = baselines(fit, test)
+  probe_at = sorted({0, steps, *np.unique(np.geomspace(max(1, steps // 50), steps,
+                                                       max(1, probes - 1)).astype(int))})
+  writer = metrics.MetricsWriter(workdir)
+  (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2) + '\n')
+  tick, train_s, curve = time.perf_counter(), 0.0, []
+  with setup.activate():
+    for step in range(steps + 1):
+      if step in probe_at:
+        train_s += time.perf_counter() - tick
+        model = nnx.merge(setup.graphdef, state.params)
+        s, c = eval_fn(state.params, jnp.asarray(val_tokens))
+        record = {'val_loss': float(s / c), 'tv': probe(model, fit, test),
+                  'gate': models.gate_values(state.params)}
+        writer.write(step, record)
+        curve.append({'step': step, **record})
+        log(f'P={P} step {step}: val {record["val_loss"]:.4f}, TV '
+            + ', '.join(f'{k} {v:.3f}' for k, v in record['tv'].items()))
+        tick = time.perf_counter()
+      if step == steps:
+        break
+      state, m = step_fn(state, setup.global_batch(train_tokens[step * B:(step + 1) * B]))
+      if (step + 1) % config.log_every == 0:
+        writer.write(step + 1, {'loss': float(m['loss']), 'lr': float(setup.lr(step)),
+                                'gate': models.gate_values(state.params)})
+  train_s += time.perf_counter() - tick
+  writer.close()
+  result = {'key': key, 'P': P, 'steps': steps, 'tokens': steps * B * T, 'oracle_loss': oracle,
+            'baselines': base, 'curve': curve, 'train_s': train_s,
+            'wall_s': time.perf_counter() - start}
+  result_path.write_text(json.dumps(result, indent=1) + '\n')
+  return result
+
+
+def vars_of(source: ctmc.CTMCSource) -> dict[str, Any]:
+  return {'V': source.V, 'levels': source.levels, 'period_range': list(source.period_range),
+          'seed': source.seed, 'Q0': np.round(source.Q0, 12).tolist()}
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _final(r: dict[str, Any]) -> dict[str, float]:
+  return r['curve'][-1]['tv']
+
+
+def _layers(results) -> list[str]:
+  return sorted({k for r in results for k in _final(r) if k.startswith('phi_')},
+                key=lambda k: int(k.split('_')[1]))
+
+
+def conclusion(results: list[dict[str, Any]]) -> str:
+  """A short paragraph computed from the final and initial probes and the baselines."""
+  layers = _layers(results)
+  out = []
+  best = {r['P']: min(_final(r)[k] for k in layers) for r in results}
+  best_layer = {r['P']: min(layers, key=lambda k: _final(r)[k]) for r in results}
+  init = {r['P']: min(r['curve'][0]['tv'][k] for k in layers) for r in results}
+  Ps = sorted(best)
+  b = {r['P']: r['baselines'] for r in results}
+  out.append(
+      'After training, the read-out from phi_theta reaches a mean TV to p_st of '
+      + ', '.join(f'{best[P]:.3f} (P={P}, {best_layer[P].replace("phi_", "layer ")})' for P in Ps)
+      + f'; at initialisation (random phi_theta) it was '
+      + ', '.join(f'{init[P]:.3f}' for P in Ps)
+      + f', so training changes it by {np.mean([best[P] - init[P] for P in Ps]):+.3f} on average '
+      '(negative: closer to p_st).')
+  beats = [P for P in Ps if best[P] < b[P]['histogram read-out']]
+  out.append(
+      f'It beats the same read-out applied to the block\'s own token histogram at P in '
+      f'{{{", ".join(map(str, beats))}}}' if beats else
+      'It never beats the same read-out applied to the block\'s own token histogram')
+  out[-1] += (f' (histogram read-out: {", ".join(f"{b[P]["histogram read-out"]:.3f}" for P in Ps)})'
+              f', and is {"below" if all(best[P] < b[P]["best constant"] for P in Ps) else "not always below"}'
+              f' the best constant distribution ({np.mean([b[P]["best constant"] for P in Ps]):.3f}).')
+  pooled = {r['P']: min(_final(r)[k.replace('phi_', 'pooled_')] for k in layers) for r in results}
+  adds = [P for P in Ps if best[P] < pooled[P]]
+  out.append('Slow attention + phi_theta improve on their own pooled input (best layer) at P in '
+             f'{{{", ".join(map(str, adds))}}}' if adds else
+             'Slow attention + phi_theta never improve on their own pooled input (best layer)')
+  out[-1] += f' (pooled input: {", ".join(f"{pooled[P]:.3f}" for P in Ps)}).'
+  trend = np.polyfit(np.log2(Ps), [best[P] for P in Ps], 1)[0] if len(Ps) > 1 else math.nan
+  drift = [b[P]['drift floor'] for P in Ps]
+  out.append(
+      f'As P grows from {Ps[0]} to {Ps[-1]} (eps = 1/P from {1 / Ps[0]:.3f} to {1 / Ps[-1]:.3f}), '
+      f'the trained TV changes by {trend:+.3f} per doubling of P (least-squares slope) and the raw '
+      f'histogram TV falls from {b[Ps[0]]["block histogram"]:.3f} to '
+      f'{b[Ps[-1]]["block histogram"]:.3f} (more tokens per block), while the drift floor (y moving '
+      f'within a block) rises from {drift[0]:.4f} to {drift[-1]:.4f}: eps -> 0 in the model is '
+      'bounded by the data\'s own slow timescale, not only by P.')
+  return ' '.join(out)
+
+
+def plot(results, root: pathlib.Path, out_dir: pathlib.Path) -> tuple[str, str]:
+  layers = _layers(results)
+  cmap = common.plt.get_cmap('viridis')
+  fig, axes = common.new_figure(len(layers), 1, width=4.8, height=3.6)
+  for li, layer in enumerate(layers):
+    ax = axes[0][li]
+    for i, r in enumerate(results):
+      recs = [m for m in common.read_metrics(root / f'P{r["P"]}') if 'tv' in m]
+      x = [max(m['step'], 0.5) * r['tokens'] / r['steps'] for m in recs]
+      color = cmap(i / max(1, len(results) - 1))
+      ax.plot(x, [m['tv'][layer] for m in recs], marker='o', ms=3, color=color,
+              label=f'P={r["P"]}')
+      ax.axhline(r['baselines']['histogram read-out'], color=color, ls=':', lw=0.8)
+    ax.axhline(np.mean([r['baselines']['best constant'] for r in results]), color='k', ls='--',
+               lw=0.8, label='best constant')
+    ax.set_xscale('log')
+    common.token_axis(ax)
+    ax.set_xlabel('training tokens (first point: init)')
+    ax.set_ylabel('mean TV(read-out(phi), p_st)')
+    ax.set_title(f'phi_theta, {layer.replace("phi_", "layer ")} (dotted: histogram read-out)',
+                 fontsize=9)
+    ax.legend(fontsize=7)
+  steps_png = common.save_figure(fig, out_dir / 'tv_vs_training.png')
+
+  Ps = [r['P'] for r in results]
+  fig, axes = common.new_figure(1, 1, width=7.6, height=3.8)
+  ax = axes[0][0]
+  for layer in layers:
+    ax.plot(Ps, [_final(r)[layer] for r in results], marker='o', lw=2,
+            label=f'phi_theta trained, {layer.replace("phi_", "layer ")}')
+    ax.plot(Ps, [r['curve'][0]['tv'][layer] for r in results], marker='x', ls='--', lw=1,
+            label=f'phi_theta at init, {layer.replace("phi_", "layer ")}')
+  for layer in layers:
+    pooled = layer.replace('phi_', 'pooled_')
+    ax.plot(Ps, [_final(r)[pooled] for r in results], marker='s', ms=3, ls='-.',
+            label=f'pooled input, {layer.replace("phi_", "layer ")} (trained)')
+  styles = {'histogram read-out': ('tab:red', ':'), 'block histogram': ('tab:brown', ':'),
+            'best constant': ('k', '--'), 'uniform': ('tab:gray', '--'),
+            'drift floor': ('tab:purple', '-.')}
+  for name, (color, ls) in styles.items():
+    ax.plot(Ps, [r['baselines'][name] for r in results], color=color, ls=ls, label=name)
+  ax.set_xscale('log', base=2)
+  ax.set_yscale('log')
+  ax.set_xticks(Ps, [str(P) for P in Ps])
+  ax.set_xlabel('P (eps = 1/P)')
+  ax.set_ylabel('mean TV to p_st (held-out blocks)')
+  ax.legend(fontsize=6, loc='center left', bbox_to_anchor=(1.02, 0.5))
+  p_png = common.save_figure(fig, out_dir / 'tv_vs_P.png')
+  return steps_png, p_png
+
+
+def write(results, *, source: ctmc.CTMCSource, root: pathlib.Path, out_dir: pathlib.Path,
+          command: str, probe_windows: int) -> pathlib.Path:
+  out_dir.mkdir(parents=True, exist_ok=True)
+  layers = _layers(results)
+  cfg = common.ml_collections.ConfigDict(results[0]['key']['config'])
+  m = cfg.model
+  total = sum(r['wall_s'] for r in results)
+  lines = [common.report_header('phi_theta vs the exact equilibrium manifold p_st(y) (equilibrium)',
+                                command, total)]
+  tau = source.relaxation_time()
+  lines.append(
+      f'**Source** (`fastslow_jax/data/ctmc.py`). A continuous-time Markov chain over '
+      f'V={source.V} states with generator Q(y) = Q0 + y·Q1 (Q0 and Q0+Q1 valid generators, mean '
+      f'exit rate 1), observed at unit time steps: x_t ~ expm(Q(y_t))[x_(t-1), :]. y_t = (1 + sin'
+      f'(2πt/L + phase))/2 with L log-uniform in [{source.period_range[0]:g}, '
+      f'{source.period_range[1]:g}] tokens per window, quantised to {source.levels + 1} levels. '
+      f'p_st(y) is the exact null vector of Q(y)^T. Fast relaxation time (1 / smallest spectral '
+      f'gap over y): {tau:.2f} tokens; TV(p_st(0), p_st(1)) = '
+      f'{0.5 * np.abs(source.p_st[0] - source.p_st[-1]).sum():.3f}.\n')
+  lines.append(
+      f'**Model and training.** Coupled arm, d_model={m.d_model}, {m.num_layers} layers (slow path '
+      f'in every layer), T={m.seq_len}, batch {cfg.batch_size}, {results[0]["steps"]} steps = '
+      f'{results[0]["tokens"]:,} tokens per P, AdamW lr {cfg.optim.lr:g} (the `fastslow_jax.train` '
+      'step, fed from the CTMC source by this experiment\'s own loop).\n')
+  lines.append(
+      f'**Probe.** At each probe step, phi_theta(SlowAttn(Pool(x))) at every complete block j of '
+      f'{probe_windows} held-out windows (per slow layer) is mapped to a distribution over the V '
+      f'states by a softmax-regression read-out (standardised features, L2 1e-3, L-BFGS) fitted on '
+      f'those windows; the score is the mean total-variation distance between its prediction on '
+      f'{probe_windows} other windows and pbar_j = mean of p_st(y_t) over the block\'s tokens. '
+      'Baselines: uniform; the best constant (mean pbar of the fit windows); the block\'s own '
+      'token histogram; the same read-out applied to that histogram; "pooled input" (the read-out '
+      'from Pool(x) of a layer, before slow attention and phi_theta: at layer 0 a linear image of '
+      'the histogram); the drift floor TV(p_st(y at '
+      'the block end), pbar_j). Validation loss is on 64 fresh windows; the oracle loss is that '
+      f'of a predictor told y_t: {np.mean([r["oracle_loss"] for r in results]):.4f} nats.\n')
+  lines.append('## Conclusion\n')
+  lines.append(conclusion(results) + '\n')
+  lines.append('## Where the trained network departs from the theorem\n')
+  gates = {r['P']: r['curve'][-1]['gate'] for r in results}
+  lines.append(
+      '- **The trained block is not a linear generator.** The theorem assumes fast dynamics '
+      'dx/dt = Q(y)^T x acting on a probability vector; the network\'s fast path is attention + '
+      'MLP on d_model-dimensional embeddings. Only the data satisfy the assumption here.\n'
+      '- **phi_theta does not output a distribution.** It maps the slow state to d_model='
+      f'{m.d_model} dimensions that are added to the residual stream; comparing it with p_st '
+      'needs a fitted read-out, so every TV above measures network + read-out. The read-out is '
+      'only softmax-linear, so the numbers bound from above what phi_theta encodes linearly.\n'
+      '- **phi_theta is never trained towards p_st.** Its only signal is the next-token loss '
+      'through the gate g (final gates per layer: '
+      + '; '.join(f'P={P}: ' + ', '.join(f'{v:+.3f}' for v in g.values()) for P, g in gates.items())
+      + '); any resemblance to p_st is a by-product.\n'
+      '- **The slow input is a pooled, normalised embedding, not y.** At layer 0, Pool(x) is the '
+      'block mean of RMS-normalised token embeddings, i.e. a linear image of the block\'s token '
+      'histogram; deeper layers pool fast-path states that already mix tokens across blocks. y '
+      'itself is never observed.\n'
+      '- **phi is not instantaneous.** Slow attention lets block j use all blocks <= j (a memory '
+      'over the past), whereas the equilibrium manifold x = phi(y) depends on the current y only.\n'
+      f'- **eps = 1/P is not the data\'s timescale ratio.** The source separates timescales by its '
+      f'relaxation time ({tau:.2f} tokens) vs the drift period of y (>= {source.period_range[0]:g} '
+      'tokens); P only sets how many tokens a slow step averages. Larger P lowers histogram noise '
+      'but lets y drift within a block (the drift floor).\n'
+      '- **Discrete observation and quantised y.** Tokens are the chain sampled once per unit time '
+      f'(expm(Q)), and y takes {source.levels + 1} grid values.\n')
+  lines.append('## Results (final probe)\n')
+  header = ['P', 'eps', 'blocks / window'] + [f'phi {k.replace("phi_", "layer ")}' for k in layers]
+  pooled = [k.replace('phi_', 'pooled_') for k in layers]
+  header += ['phi at init (best layer)'] + [f'pooled input {k.replace("pooled_", "layer ")}'
+                                            for k in pooled] + ['histogram read-out',
+             'block histogram', 'best constant', 'uniform', 'drift floor', 'val loss', 'gates']
+  rows = []
+  for r in results:
+    f, b0 = _final(r), r['baselines']
+    rows.append([r['P'], f'{1 / r["P"]:.4f}', m.seq_len // r['P']]
+                + [f'{f[k]:.3f}' for k in layers]
+                + [f'{min(r["curve"][0]["tv"][k] for k in layers):.3f}']
+                + [f'{f[k]:.3f}' for k in pooled]
+                + [f'{b0[k]:.3f}' for k in ('histogram read-out', 'block histogram',
+                                            'best constant', 'uniform', 'drift floor')]
+                + [f'{r["curve"][-1]["val_loss"]:.4f}',
+                   ', '.join(f'{v:+.3f}' for v in r['curve'][-1]['gate'].values())])
+  lines.append(common.markdown_table(header, rows))
+  lines.append('All entries but the last two are mean TV distances to p_st on held-out blocks '
+               '(lower is better).\n')
+  steps_png, p_png = plot(results, root, out_dir)
+  lines.append('## Plots\n')
+  lines.append(f'![TV vs training]({steps_png})\n')
+  lines.append(f'![TV vs P]({p_png})\n')
+  lines.append('## Probe trajectories\n')
+  rows = [[r['P'], c['step'], f'{c["val_loss"]:.4f}'] + [f'{c["tv"][k]:.3f}' for k in layers]
+          for r in results for c in r['curve']]
+  lines.append(common.markdown_table(['P', 'step', 'val loss'] + [f'TV {k}' for k in layers],
+                                     rows))
+  lines.append(f'Run directories (metrics.jsonl with the probe records): `{common.display_path(root)}`.\n')
+  return common.write_report(out_dir, '\n'.join(lines),
+                             [{k: v for k, v in r.items() if k != 'key'} for r in results])
+
+
+def run(*, name: str = 'equilibrium', Ps: Sequence[int] = DEFAULT_PS, tokens: int = 500_000,
+        size: str = 'cpu', seed: int = 0, probes: int = 8, probe_windows: int = 256,
+        source_kwargs: dict[str, Any] | None = None, overrides: dict[str, Any] | None = None,
+        workdir_root: str | None = None, out_dir: str | None = None, command: str = '',
+        devices=None, log=print) -> pathlib.Path:
+  """Trains and probes one coupled model per P; writes the report; returns its path."""
+  source = ctmc.CTMCSource(**{**DEFAULT_SOURCE, **(source_kwargs or {})})
+  overrides = dict(DEFAULT_SET if overrides is None else overrides)
+  root = pathlib.Path(workdir_root or common.REPO / 'workdirs' / name)
+  out = pathlib.Path(out_dir or common.REPORTS / name)
+  results = [train_one(P, source=source, size=size, tokens=tokens, seed=seed,
+                       overrides=overrides, probes=probes, probe_windows=probe_windows,
+                       workdir=root / f'P{P}', devices=devices, log=log) for P in sorted(Ps)]
+  path = write(results, source=source, root=root, out_dir=out, command=command,
+               probe_windows=probe_windows)
+  log(f'Wrote {path}')
+  return path
+
+
+def main():
+  from absl import flags
+  f = flags.FLAGS
+  common.enable_compilation_cache(pathlib.Path(f.workdir_root or common.REPO / 'workdirs' / f.name)
+                                  / 'jax_cache')
+  run(name=f.name, Ps=[int(p) for p in f.Ps], tokens=common.parse_tokens(f.tokens), size=f.size,
+      seed=f.seed, probes=f.probes, probe_windows=f.probe_windows,
+      source_kwargs={'vocab_size': f.vocab_size, 'seed': f.source_seed},
+      overrides=common.parse_overrides(f.set), workdir_root=f.workdir_root, out_dir=f.out_dir,
+      command=common.command_line('experiments.equilibrium'))
+
+
+def define_flags():
+  from absl import flags
+  flags.DEFINE_list('Ps', [str(p) for p in DEFAULT_PS], 'Pooling periods (must divide T).')
+  flags.DEFINE_string('tokens', '500k', 'Training tokens per P.')
+  flags.DEFINE_string('size', 'cpu', 'Config size or experiments preset (see paper_500k).')
+  flags.DEFINE_integer('seed', 0, 'Model seed (init, training and probe windows).')
+  flags.DEFINE_integer('probes', 8, 'Probe points per run (init and the end included).')
+  flags.DEFINE_integer('probe_windows', 256, 'Windows to fit the read-out on (and as many to '
+                       'score it on).')
+  flags.DEFINE_integer('vocab_size', DEFAULT_SOURCE['vocab_size'], 'States of the CTMC.')
+  flags.DEFINE_integer('source_seed', DEFAULT_SOURCE['seed'], 'Seed of the generators Q0, Q1.')
+  flags.DEFINE_list('set', [f'{k}={v}' for k, v in DEFAULT_SET.items()],
+                    'Config overrides field=value (replace the default T=256, batch 8).')
+  flags.DEFINE_string('name', 'equilibrium', 'Report / workdir name.')
+  flags.DEFINE_string('workdir_root', None, 'Where the runs go (default workdirs/<name>).')
+  flags.DEFINE_string('out_dir', None, 'Where the report goes (default experiments/reports/<name>).')
+
+
+if __name__ == '__main__':
+  from fastslow_jax import cli
+  cli.run(main, define_flags)
