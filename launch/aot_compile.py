@@ -2,95 +2,202 @@ r"""Compile the train step for a TPU slice you do not have, and print its per-de
 
     python -m launch.aot_compile --topology=v5e:4x4 \
         --config=configs/fastslow.py:arm=coupled,size=1b [--config.batch_size=256 ...]
+    python -m launch.aot_compile --topology=v4-32 --config=configs/fastslow.py:size=350m
     python -m launch.aot_compile --topology=cpu:8 --config=configs/fastslow.py:size=tiny
 
-A TPU topology needs the `libtpu` package (`pip install libtpu`, Linux x86_64); it compiles
-against a described slice without the hardware, so an out-of-memory config is caught before a
-job is queued. `cpu:N` compiles for N simulated CPU devices (for testing the script). Where
-libtpu cannot be had the script says so in one line and exits 0 ("skipped").
+The train step is lowered and compiled exactly as `fastslow_jax.train` does it (same mesh, same
+shardings, same donated state), but for compile-only devices that libtpu describes from the
+topology name: an out-of-memory config is caught before a job is queued. A TPU topology needs the
+`libtpu` package (`pip install 'jax[tpu]'`, or `pip install libtpu` matching your jax; Linux
+only). Where libtpu cannot be had the script prints one `skipped:` line and exits 0. `cpu:N`
+compiles for N local CPU devices, which tests the script anywhere.
+
+Exit status: 0 compiled (or skipped), 1 the step does not fit in device memory, 2 bad flags or
+config (one line on stderr).
 """
 
 from __future__ import annotations
 
+import importlib.util
+import math
 import os
 import sys
+import time
 
 from absl import app, flags
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Training config (as for train).',
-                                          lock_config=True)
-_TOPOLOGY = flags.DEFINE_string('topology', None, "'<tpu generation>:<chips>' such as v4:2x2x2, "
-                                "v5e:4x4, v5p:2x2x2, v6e:4x4, or 'cpu:N' for N CPU devices.")
+from fastslow_jax import cli
+
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', None, 'Training config, as for fastslow_jax.train, e.g. '
+    'configs/fastslow.py:arm=coupled,size=1b; --config.<field>=<value> overrides.',
+    lock_config=True)
+_TOPOLOGY = flags.DEFINE_string(
+    'topology', None, "Target devices: a TPU topology '<generation>:<chips>' (v4:2x2x2, v5p:2x2x4, "
+    "v5e:4x4, v6e:2x4, tpu7x:2x2x1), a Cloud TPU accelerator type (v4-32, v5p-16, "
+    "v5litepod-16, v6e-8), or 'cpu:N' for N local CPU devices.")
+_NUM_SLICES = flags.DEFINE_integer(
+    'num_slices', 1, 'TPU slices joined over DCN (multi-slice); set --config.mesh.dcn_data to the '
+    'same number so the data axis spans them.')
 flags.mark_flags_as_required(['config', 'topology'])
 
-# Chip names used in topology strings -> names libtpu understands.
-_TPU_NAMES = {'v4': 'v4', 'v5e': 'v5e', 'v5litepod': 'v5e', 'v5p': 'v5p', 'v6e': 'v6e'}
+# Accelerator-type prefix -> (topology generation, cores per chip counted in the type: v4-32 is
+# 16 chips).
+_ACCELERATOR_TYPES = {'v4': ('v4', 2), 'v5p': ('v5p', 2), 'v5litepod': ('v5e', 1),
+                      'v5e': ('v5e', 1), 'v6e': ('v6e', 1)}
+_THREE_D = ('v4', 'v5p', 'tpu7x')  # Generations with a 3-D chip torus.
+# libtpu keyword arguments per generation: v4 chips are one JAX device each (megacore), as on
+# real v4 slices; libtpu's default would expose each of the two TensorCores separately.
+_TOPOLOGY_KWARGS = {'v4': dict(chip_config_name='megacore')}
+# HBM per JAX device, GiB (device_kind as libtpu reports it).
+_HBM_GIB = {'TPU v4': 32, 'TPU v5 lite': 16, 'TPU v5': 95, 'TPU v6 lite': 32}
 
 
-def compile_devices(topology: str):
-  """Compile-only devices for `topology`, or None (with a printed reason) if unavailable."""
+def chip_grid(generation: str, chips: int) -> str:
+  """The usual slice shape for `chips` chips: 16 -> '4x4' (2-D) or '2x2x4' (3-D)."""
+  if chips < 1 or chips & (chips - 1) or (chips == 2):
+    raise ValueError(f'{chips} chips of {generation} is not a slice shape this script knows: give '
+                     f'the topology itself, e.g. --topology={generation}:'
+                     f'{"2x2x1" if generation in _THREE_D else "2x2"}.')
+  if chips == 1:
+    return '1x1x1' if generation in _THREE_D else '1x1'
+  dims = [2, 2, 1] if generation in _THREE_D else [2, 2]
+  while math.prod(dims) < chips:  # Double the smallest dimension, the last one on ties.
+    smallest = min(dims)
+    dims[max(i for i, d in enumerate(dims) if d == smallest)] *= 2
+  return 'x'.join(map(str, dims))
+
+
+def parse_topology(topology: str) -> tuple[str, str]:
+  """('v5e', '4x4') from 'v5e:4x4' or 'v5litepod-16'; ('cpu', 'N') from 'cpu:N'."""
+  if ':' in topology:
+    kind, _, shape = topology.partition(':')
+    kind = {'v5litepod': 'v5e'}.get(kind, kind)
+    valid = shape.replace('x', '').isdigit() and all(shape.split('x'))
+    if kind == 'cpu' and shape.isdigit() and int(shape) > 0:
+      return kind, shape
+    if kind != 'cpu' and kind.startswith(('v', 'tpu')) and valid:
+      return kind, shape
+  else:
+    prefix, _, cores = topology.rpartition('-')
+    if prefix in _ACCELERATOR_TYPES and cores.isdigit():
+      generation, per_chip = _ACCELERATOR_TYPES[prefix]
+      return generation, chip_grid(generation, int(cores) // per_chip)
+  raise ValueError(f'--topology={topology!r} is invalid: use e.g. v5e:4x4, v4:2x2x2, v5litepod-16, '
+                   'v4-32 or cpu:8.')
+
+
+def libtpu_available() -> bool:
+  path = os.environ.get('TPU_LIBRARY_PATH')
+  return bool(path and os.path.exists(path)) or importlib.util.find_spec('libtpu') is not None
+
+
+def target_devices(kind: str, shape: str, num_slices: int):
+  """Devices to compile for, or None where libtpu is missing. Must run before JAX's backends."""
   import jax
 
-  kind, _, shape = topology.partition(':')
+  jax.config.update('jax_platforms', 'cpu')  # Never grab (or wait for) an attached accelerator.
   if kind == 'cpu':
-    count = int(shape or 1)
-    if jax.device_count() < count:
-      raise ValueError(f'--topology={topology} needs {count} CPU devices but JAX has '
-                       f'{jax.device_count()}: set XLA_FLAGS=--xla_force_host_platform_device_count'
-                       f'={count} (this script does so when it starts jax itself).')
-    return jax.devices()[:count]
-  if kind not in _TPU_NAMES or not shape:
-    raise ValueError(f'--topology={topology!r} is invalid: use e.g. v5e:4x4, v4:2x2x2 or cpu:8.')
+    if num_slices != 1:
+      raise ValueError('--num_slices applies to TPU topologies only: for CPU devices give '
+                       '--topology=cpu:<total devices> and --config.mesh.dcn_data.')
+    jax.config.update('jax_num_cpu_devices', int(shape))
+    return jax.devices()
+  if not libtpu_available():
+    return None
+  # libtpu reads the TPU VM environment at start-up; describe a lone host instead of letting it
+  # query a metadata server that is not there.
+  chips = math.prod(int(n) for n in shape.split('x'))
+  accelerator = (f'v5litepod-{chips}' if kind == 'v5e' else f'{kind}-{chips}' if kind == 'v6e'
+                 else f'{kind}-{2 * chips}')
+  for name, value in (('TPU_SKIP_MDS_QUERY', '1'), ('TPU_ACCELERATOR_TYPE', accelerator),
+                      ('TPU_WORKER_HOSTNAMES', 'localhost'), ('TPU_WORKER_ID', '0'),
+                      ('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')):  # No lock: runs side by side.
+    os.environ.setdefault(name, value)
   from jax.experimental import topologies
   try:
-    return topologies.get_topology_desc(f'{_TPU_NAMES[kind]}:{shape}', platform='tpu').devices
-  except Exception as e:  # No libtpu, or a libtpu that does not know the topology.
-    print(f'skipped: cannot describe TPU {topology} here ({type(e).__name__}: '
-          f'{str(e).splitlines()[0] if str(e) else ""}); `pip install libtpu` on Linux x86_64.')
-    return None
+    return topologies.get_topology_desc(f'{kind}:{shape}', platform='tpu', num_slices=num_slices,
+                                        **_TOPOLOGY_KWARGS.get(kind, {})).devices
+  except Exception as e:  # libtpu rejects the name or the shape.
+    raise ValueError(f'libtpu cannot describe --topology={kind}:{shape}: '
+                     f'{str(e).strip().splitlines()[0]}') from None
 
 
-def main(argv):
+def size(num_bytes: float) -> str:
+  for unit, scale in (('GiB', 2**30), ('MiB', 2**20), ('KiB', 2**10)):
+    if num_bytes >= scale:
+      return f'{num_bytes / scale:8.2f} {unit}'
+  return f'{num_bytes:8.0f} B  '
+
+
+def report(config, setup, compiled, devices, topology: str, seconds: float) -> None:
+  """Prints the model, the mesh and the compiled step's per-device memory and FLOPs."""
+  from fastslow_jax import models
+
+  model, batch = setup.model_config, config.batch_size
+  print(f'{model.arm} d_model={model.d_model} layers={model.num_layers} T={model.seq_len} '
+        f'P={model.P}: {models.param_count(setup.abstract_state.params):,} params')
+  print(f'{len(devices)} x {devices[0].device_kind} ({topology}), mesh {dict(setup.mesh.shape)}, '
+        f'global batch {batch}, grad_accum_steps {config.grad_accum_steps}; '
+        f'compiled in {seconds:.1f} s')
+  memory = compiled.memory_analysis()
+  get = lambda name: getattr(memory, f'{name}_size_in_bytes', 0) or 0
+  print('per-device memory (compiled estimate):')
+  for name in ('argument', 'output', 'alias', 'temp', 'generated_code'):
+    print(f'  {name:<15} {size(get(name))}')
+  total = get('argument') + get('output') - get('alias') + get('temp') + get('generated_code')
+  hbm = _HBM_GIB.get(devices[0].device_kind)
+  share = f'  ({100 * total / (hbm * 2**30):.1f}% of {hbm} GiB HBM)' if hbm else ''
+  print(f'  {"total":<15} {size(total)}{share}')
+  peak = getattr(memory, 'peak_memory_in_bytes', 0) or 0
+  if peak:
+    print(f'  {"peak":<15} {size(peak)}')
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  analytic = models.flops_per_token(model).total * batch * model.seq_len / len(devices)
+  print(f'FLOPs per device per step: {analytic:.4g} (analytic, causal attention counted at half)')
+  if cost and cost.get('flops'):
+    loops = (f'; it counts loop bodies once, here the {config.grad_accum_steps}-step gradient '
+             'accumulation' if config.grad_accum_steps > 1 else '')
+    print(f'  XLA cost analysis: {cost["flops"]:.4g}{loops}')
+
+
+def main(argv) -> None:
   del argv
-  from fastslow_jax import models, train
-
-  devices = compile_devices(_TOPOLOGY.value)
+  kind, shape = parse_topology(_TOPOLOGY.value)
+  devices = target_devices(kind, shape, _NUM_SLICES.value)
   if devices is None:
+    print(f'skipped: compiling for TPU {kind}:{shape} needs libtpu, which is not installed here '
+          "(pip install 'jax[tpu]' on Linux).")
     return
+  from fastslow_jax import train
+
   config = train.resolve_config(_CONFIG.value, num_devices=len(devices))
   setup = train.Setup(config, devices)
+  start = time.perf_counter()
   try:
     compiled = setup.compile_train_step(config.batch_size)
-  except Exception as e:  # XLA reports an out-of-memory program as a compile error.
+  except Exception as e:  # XLA reports a program that does not fit as a compile error.
     if 'RESOURCE_EXHAUSTED' not in str(e):
       raise
-    print(f'does not fit {_TOPOLOGY.value}: {str(e).splitlines()[0]}')
-    sys.exit(1)
-  memory = compiled.memory_analysis()
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, list) else cost
-  gib = lambda b: f'{(b or 0) / 2**30:8.3f} GiB'
-  fields = ('argument_size_in_bytes', 'output_size_in_bytes', 'temp_size_in_bytes',
-            'generated_code_size_in_bytes', 'alias_size_in_bytes')
-  print(f'{config.model.arm} d_model={config.model.d_model} layers={config.model.num_layers} '
-        f'T={config.model.seq_len} P={config.model.P}: '
-        f'{models.param_count(setup.abstract_state.params):,} params')
-  print(f'{len(devices)} x {devices[0].device_kind} ({_TOPOLOGY.value}), mesh '
-        f'{dict(setup.mesh.shape)}, global batch {config.batch_size}')
-  print('per-device memory (compiled estimate):')
-  for field in fields:
-    print(f'  {field.removesuffix("_size_in_bytes"):<16} {gib(getattr(memory, field, 0))}')
-  total = sum(getattr(memory, f, 0) or 0 for f in fields[:4]) - (memory.alias_size_in_bytes or 0)
-  print(f'  {"total":<16} {gib(total)}')
-  if cost and 'flops' in cost:
-    print(f'XLA FLOPs per device per step: {cost["flops"]:.4g}')
+    message = next((line for line in str(e).splitlines() if 'RESOURCE_EXHAUSTED' in line), str(e))
+    cli.error(ValueError(f'does not fit {_TOPOLOGY.value}: {message.strip()} (shard more with '
+                         '--config.mesh.*, lower --config.batch_size or raise '
+                         '--config.grad_accum_steps)'), status=1)
+  slices = f' x {_NUM_SLICES.value} slices' if _NUM_SLICES.value > 1 else ''
+  report(config, setup, compiled, devices, f'{kind}:{shape}{slices}', time.perf_counter() - start)
+
+
+def run(argv) -> None:
+  try:
+    main(argv)
+  except ValueError as e:  # Bad topology or config: one line, exit 2.
+    cli.error(e)
 
 
 if __name__ == '__main__':
-  if '--topology=cpu' in ' '.join(sys.argv):  # Simulated devices must exist before JAX starts.
-    count = next(a for a in sys.argv if a.startswith('--topology=')).partition(':')[2] or '1'
-    os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
-                               f' --xla_force_host_platform_device_count={count}')
-    os.environ.setdefault('JAX_PLATFORMS', 'cpu')
-  app.run(main)
+  if {'-h', '--help', '--helpshort'} & set(sys.argv[1:]):  # absl's own --help exits 1.
+    print(__doc__.strip() + '\n\nflags:\n' + flags.FLAGS.main_module_help().strip())
+    sys.exit(0)
+  app.run(run, flags_parser=cli.parse_flags)

@@ -1,86 +1,171 @@
 #!/usr/bin/env bash
 # Run N JAX processes on this machine, each with M simulated CPU devices: a multi-host job in
-# miniature, for tests and for users without accelerators.
+# miniature, for tests and for trying multi-process code without accelerators.
 #
 #   launch/local.sh -n 2 -d 4 -- python -m fastslow_jax.train \
 #       --config=configs/fastslow.py:arm=coupled,size=tiny --workdir=runs/mp
+#   launch/local.sh -n 2 -d 4 -- python -m fastslow_jax.evaluate --workdir=runs/mp
 #
-# Each process gets JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID (read by
-# fastslow_jax.train and fastslow_jax.evaluate), JAX_PLATFORMS=cpu and
-# XLA_FLAGS=--xla_force_host_platform_device_count=M. Process 0 prints to the terminal; process i
-# logs to LOG_DIR/process_i.log. If one process fails, the others are stopped and the exit status
-# is the first failure's; SIGINT / SIGTERM are forwarded to every process.
+# Each process gets JAX_COORDINATOR_ADDRESS=127.0.0.1:<port>, JAX_NUM_PROCESSES=N and
+# JAX_PROCESS_ID=i (read by fastslow_jax.train and fastslow_jax.evaluate), JAX_PLATFORMS=cpu and
+# XLA_FLAGS=--xla_force_host_platform_device_count=M. Process 0 prints to the terminal; process
+# i > 0 writes LOG_DIR/process_<i>.log. If one process fails, the others get SIGTERM (SIGKILL
+# after the grace period) and the exit status is the first failure's. SIGINT / SIGTERM / SIGHUP
+# are forwarded to every process (a second one kills them); train then checkpoints and stops.
 set -euo pipefail
 
 usage() {
   cat <<'EOF'
-usage: launch/local.sh [-n PROCESSES] [-d DEVICES] [-p PORT] [-l LOG_DIR] -- COMMAND [ARGS...]
+usage: launch/local.sh [-n PROCESSES] [-d DEVICES] [-p PORT] [-l LOG_DIR] [-g SECONDS] \
+                       -- COMMAND [ARGS...]
+
+Runs COMMAND as PROCESSES cooperating JAX processes on this machine (CPU only).
 
   -n PROCESSES  number of processes (default 2)
   -d DEVICES    simulated CPU devices per process (default 4)
   -p PORT       coordinator port on 127.0.0.1 (default: a free port)
-  -l LOG_DIR    where process_<i>.log files go for i > 0 (default: a new temporary directory)
-  -h            this help
+  -l LOG_DIR    directory for process_<i>.log, i > 0 (default: WORKDIR/logs when COMMAND has
+                --workdir=WORKDIR on a local path, else a new temporary directory)
+  -g SECONDS    grace period between SIGTERM and SIGKILL when stopping processes (default 30)
+  -h, --help    this help
+
+Exit status: 0 if every process succeeded, else the first failure's status (128+signal when
+interrupted); 2 for bad arguments.
 EOF
 }
 
-processes=2 devices=4 port="" log_dir=""
-while getopts ":n:d:p:l:h" opt; do
+die() { echo "local.sh: error: $*" >&2; exit 2; }
+
+[[ "${1:-}" == "--help" ]] && { usage; exit 0; }
+processes=2 devices=4 port="" log_dir="" grace=30
+while getopts ":n:d:p:l:g:h" opt; do
   case "$opt" in
     n) processes=$OPTARG ;;
     d) devices=$OPTARG ;;
     p) port=$OPTARG ;;
     l) log_dir=$OPTARG ;;
+    g) grace=$OPTARG ;;
     h) usage; exit 0 ;;
-    :) echo "error: -$OPTARG needs a value" >&2; usage >&2; exit 2 ;;
-    *) echo "error: unknown option -$OPTARG" >&2; usage >&2; exit 2 ;;
+    :) usage >&2; die "-$OPTARG needs a value" ;;
+    *) usage >&2; die "unknown option -$OPTARG" ;;
   esac
 done
 shift $((OPTIND - 1))
 [[ "${1:-}" == "--" ]] && shift
-if [[ $# -eq 0 ]]; then
-  echo "error: no command given: put it after --" >&2; usage >&2; exit 2
+[[ $# -gt 0 ]] || { usage >&2; die "no command given: put it after --"; }
+[[ "$processes" =~ ^[1-9][0-9]*$ ]] || die "-n takes a positive integer, got '$processes'"
+[[ "$devices" =~ ^[1-9][0-9]*$ ]] || die "-d takes a positive integer, got '$devices'"
+[[ "$grace" =~ ^[0-9]+$ ]] || die "-g takes a number of seconds, got '$grace'"
+if [[ -n "$port" ]] && ! { [[ "$port" =~ ^[1-9][0-9]*$ ]] && ((port < 65536)); }; then
+  die "-p takes a port number (1-65535), got '$port'"
 fi
-for value in "$processes" "$devices"; do
-  if ! [[ "$value" =~ ^[1-9][0-9]*$ ]]; then
-    echo "error: -n and -d take positive integers, got '$value'" >&2; exit 2
-  fi
-done
+
 if [[ -z "$port" ]]; then
-  port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  python=$(command -v python3 || command -v python) || die "no python3 to find a free port: use -p"
+  port=$("$python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0))
+print(s.getsockname()[1])')
 fi
-log_dir=${log_dir:-$(mktemp -d -t fastslow-local-XXXXXX)}
-mkdir -p "$log_dir"
-
-pids=()
-stop_all() {
-  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-}
-trap 'stop_all' INT TERM
-
-for ((i = 0; i < processes; i++)); do
-  (
-    export JAX_COORDINATOR_ADDRESS="127.0.0.1:$port" JAX_NUM_PROCESSES="$processes" \
-      JAX_PROCESS_ID="$i" JAX_PLATFORMS=cpu \
-      XLA_FLAGS="${XLA_FLAGS:-} --xla_force_host_platform_device_count=$devices"  # Last wins.
-    if [[ $i -eq 0 ]]; then exec "$@"; else exec "$@" >"$log_dir/process_$i.log" 2>&1; fi
-  ) &
-  pids+=($!)
-done
-[[ $processes -gt 1 ]] && echo "local.sh: $processes processes x $devices devices; logs of processes 1.. in $log_dir" >&2
-
-status=0
-running=("${pids[@]}")
-while ((${#running[@]} > 0)); do
-  set +e
-  wait -n -p finished "${running[@]}"  # bash >= 5.1
-  code=$?
-  set -e
-  for k in "${!running[@]}"; do [[ "${running[k]}" == "$finished" ]] && unset 'running[k]'; done
-  if ((code != 0 && status == 0)); then
-    status=$code
-    echo "local.sh: a process exited with status $code; stopping the others (logs: $log_dir)" >&2
-    stop_all
+# Default log directory: WORKDIR/logs for a local --workdir=WORKDIR (or --workdir WORKDIR).
+if [[ -z "$log_dir" ]] && ((processes > 1)); then
+  workdir="" previous=""
+  for arg in "$@"; do
+    case "$arg" in --workdir=*) workdir=${arg#--workdir=} ;; esac
+    [[ "$previous" == "--workdir" ]] && workdir=$arg
+    previous=$arg
+  done
+  if [[ -n "$workdir" && "$workdir" != *://* ]]; then
+    log_dir=$workdir/logs
+  else
+    log_dir=$(mktemp -d "${TMPDIR:-/tmp}/fastslow-local-XXXXXX")
   fi
+fi
+((processes == 1)) || mkdir -p "$log_dir"
+
+if ((processes > 1)); then
+  echo "local.sh: $processes processes x $devices CPU devices, coordinator 127.0.0.1:$port;" \
+    "logs of processes 1-$((processes - 1)) in $log_dir" >&2
+fi
+# Each process leads its own session where setsid exists: a Ctrl-C in the terminal reaches the
+# processes once, through this script, and stopping one stops whatever it started.
+setsid=()
+command -v setsid >/dev/null && setsid=(setsid)
+start() {  # start I COMMAND...: process I, in the background.
+  local i=$1
+  shift
+  export JAX_COORDINATOR_ADDRESS="127.0.0.1:$port" JAX_NUM_PROCESSES="$processes" \
+    JAX_PROCESS_ID="$i" JAX_PLATFORMS=cpu \
+    XLA_FLAGS="${XLA_FLAGS:-} --xla_force_host_platform_device_count=$devices"  # Last wins.
+  if ((i == 0)); then
+    exec ${setsid[@]+"${setsid[@]}"} "$@"
+  else
+    exec ${setsid[@]+"${setsid[@]}"} "$@" >"$log_dir/process_$i.log" 2>&1
+  fi
+}
+pids=()
+for ((i = 0; i < processes; i++)); do
+  start "$i" "$@" &
+  pids+=("$!")
 done
+# From here on, messages go to fd 3: bash's own "Killed" job reports to stderr are dropped.
+exec 3>&2 2>/dev/null
+
+running=("${pids[@]}")
+signal_all() {  # signal_all SIG: every process still running (its whole session with setsid).
+  local pid
+  for pid in ${running[@]+"${running[@]}"}; do
+    if ((${#setsid[@]})); then
+      kill -s "$1" -- "-$pid" 2>/dev/null || kill -s "$1" "$pid" 2>/dev/null || true
+    else
+      kill -s "$1" "$pid" 2>/dev/null || true
+    fi
+  done
+}
+status=0 interrupted=0 deadline="" others=""
+((processes == 1)) || others="; stopping the others (logs: $log_dir)"
+stop() {  # stop SIG: ask every process to stop; SIGKILL after the grace period.
+  signal_all "$1"
+  [[ -n "$deadline" ]] || deadline=$((SECONDS + grace))
+}
+# shellcheck disable=SC2317,SC2329  # Invoked by the traps below.
+on_signal() {  # on_signal SIG NUMBER
+  if ((interrupted)); then
+    echo "local.sh: second $1: killing every process" >&3
+    signal_all KILL
+  else
+    interrupted=$2
+    echo "local.sh: $1: forwarding it to every process" >&3
+    stop "$1"
+  fi
+}
+trap 'on_signal INT 2' INT
+trap 'on_signal TERM 15' TERM
+trap 'on_signal HUP 1' HUP
+
+while ((${#running[@]} > 0)); do
+  still=() ended=()
+  for pid in "${running[@]}"; do
+    if kill -0 "$pid" 2>/dev/null; then still+=("$pid"); else ended+=("$pid"); fi
+  done
+  running=(${still[@]+"${still[@]}"})
+  for pid in ${ended[@]+"${ended[@]}"}; do
+    code=0
+    wait "$pid" || code=$?
+    ((code == 0)) && continue
+    for i in "${!pids[@]}"; do [[ "${pids[i]}" == "$pid" ]] && break; done
+    if [[ -n "$deadline" ]]; then  # Already stopping.
+      echo "local.sh: process $i exited with status $code" >&3
+    else
+      echo "local.sh: process $i exited with status $code$others" >&3
+      stop TERM
+    fi
+    ((status != 0)) || status=$code
+  done
+  if [[ -n "$deadline" ]] && ((SECONDS >= deadline && ${#running[@]} > 0)); then
+    echo "local.sh: ${#running[@]} process(es) still running after ${grace}s: SIGKILL" >&3
+    signal_all KILL
+    deadline=$((SECONDS + 3600))
+  fi
+  ((${#running[@]} == 0)) || sleep 0.2
+done
+if ((status == 0 && interrupted)); then status=$((128 + interrupted)); fi
 exit "$status"

@@ -1,41 +1,62 @@
 #!/usr/bin/env bash
-# Train on a Cloud TPU VM slice (single host or pod): create or reuse the slice, install this
-# project on every worker, run the same train command on all of them, collect the logs.
+# Train on a Cloud TPU VM slice (one host or a pod): create or reuse the slice, install this
+# checkout on every worker, run the same command on all workers, collect every worker's log.
 #
 #   launch/tpu_pod.sh --project=my-project --zone=us-central2-b --tpu=fastslow-v4-32 \
 #       --accelerator-type=v4-32 -- \
 #       --config=configs/fastslow.py:arm=coupled,size=350m --workdir=gs://my-bucket/runs/c350m
 #
-# Everything after `--` goes to `python -m fastslow_jax.train` on every worker. On a pod, JAX
-# finds its peers from the TPU environment (fastslow_jax.train calls jax.distributed.initialize()
-# with no arguments when TPU_WORKER_HOSTNAMES lists several workers). Use a gs:// workdir: every
-# worker writes its part of each checkpoint there. Needs the gcloud CLI, authenticated.
+# Everything after `--` goes to `python -m fastslow_jax.train` (or --module) on every worker.
+# Each worker reads its rank and the worker list from the TPU metadata server and passes them to
+# JAX as JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID (coordinator: worker 0,
+# port 8482). Training runs under nohup: a dropped connection does not stop it; Ctrl-C here sends
+# SIGTERM to every worker (checkpoint, then exit) and waits for them. Needs the gcloud CLI,
+# authenticated (`gcloud auth login`), and a gs:// workdir on pods: every worker writes its part
+# of each checkpoint there.
 set -euo pipefail
 
 usage() {
   cat <<'EOF'
-usage: launch/tpu_pod.sh --project=P --zone=Z --tpu=NAME [options] -- TRAIN_ARGS...
+usage: launch/tpu_pod.sh --project=P --zone=Z --tpu=NAME [options] -- ARGS...
+       launch/tpu_pod.sh --project=P --zone=Z --tpu=NAME --stop
 
-required:
-  --project=P            Google Cloud project
-  --zone=Z               zone of the TPU (e.g. us-central2-b, us-east5-a)
-  --tpu=NAME             TPU VM name; created if it does not exist
+Creates (or reuses) TPU VM NAME, installs this checkout on every worker, runs
+`python -m fastslow_jax.train ARGS...` on all workers at once, and collects their logs.
+
+required (or from the environment):
+  --project=P            Google Cloud project                 (default: $CLOUDSDK_CORE_PROJECT)
+  --zone=Z               zone of the TPU, e.g. us-central2-b  (default: $CLOUDSDK_COMPUTE_ZONE)
+  --tpu=NAME             TPU VM name                          (default: $TPU_NAME)
 options:
-  --accelerator-type=T   slice type when creating, e.g. v4-32, v5litepod-16, v6e-16 (default v4-8)
-  --version=V            TPU VM runtime when creating (default tpu-ubuntu2204-base)
+  --accelerator-type=T   slice to create if NAME does not exist, e.g. v4-32, v5p-16,
+                         v5litepod-16, v6e-16 (required then; ignored when reusing)
+  --version=V            TPU software version when creating (default by type: v4
+                         tpu-ubuntu2204-base, v5p v2-alpha-tpuv5, v5e v2-alpha-tpuv5-lite,
+                         v6e v2-alpha-tpuv6e)
   --spot                 create a Spot (preemptible) slice
+  --module=M             Python module to run (default fastslow_jax.train; e.g.
+                         fastslow_jax.evaluate)
+  --env=NAME=VALUE       environment variable for the run on every worker (repeatable),
+                         e.g. --env=LIBTPU_INIT_ARGS=--xla_tpu_enable_latency_hiding_scheduler=true
   --repo-dir=D           project directory on the workers, relative to the home directory
                          (default fastslow-jax)
-  --log-dir=D            local directory for the collected logs (default logs/tpu-NAME-DATE)
-  --skip-install         reuse the project already installed on the workers
-  --delete-after         delete the slice when training ends
+  --log-dir=D            local directory for the logs (default logs/tpu-NAME-DATE): the live
+                         stream of all workers in all-workers.log, and one log per worker
+  --skip-install         run the copy already installed on the workers
+  --delete-after         delete the TPU VM when the run ends (whatever its outcome)
+  --stop                 send SIGTERM to a run started earlier (it checkpoints and exits) and
+                         wait for it (SIGKILL after 10 minutes); no ARGS
   -h, --help             this help
-TRAIN_ARGS               arguments of `python -m fastslow_jax.train` (--config=..., --workdir=...)
+
+Exit status: the run's (non-zero if any worker failed); 2 for bad arguments.
 EOF
 }
 
-project="" zone="" tpu="" accelerator="v4-8" version="tpu-ubuntu2204-base" spot=""
-repo_dir=fastslow-jax log_dir="" install=1 delete_after=0
+die() { echo "tpu_pod.sh: error: $*" >&2; exit 2; }
+
+project=${CLOUDSDK_CORE_PROJECT:-} zone=${CLOUDSDK_COMPUTE_ZONE:-} tpu=${TPU_NAME:-}
+accelerator="" version="" spot=() module=fastslow_jax.train envs=() repo_dir=fastslow-jax
+log_dir="" install=1 delete_after=0 stop_only=0
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --project=*) project=${1#*=} ;;
@@ -43,67 +64,152 @@ while [[ $# -gt 0 ]]; do
     --tpu=*) tpu=${1#*=} ;;
     --accelerator-type=*) accelerator=${1#*=} ;;
     --version=*) version=${1#*=} ;;
-    --spot) spot="--spot" ;;
+    --spot) spot=(--spot) ;;
+    --module=*) module=${1#*=} ;;
+    --env=*) envs+=("${1#*=}") ;;
     --repo-dir=*) repo_dir=${1#*=} ;;
     --log-dir=*) log_dir=${1#*=} ;;
     --skip-install) install=0 ;;
     --delete-after) delete_after=1 ;;
+    --stop) stop_only=1 ;;
     -h|--help) usage; exit 0 ;;
     --) shift; break ;;
-    *) echo "error: unknown option '$1' (train arguments go after --)" >&2; usage >&2; exit 2 ;;
+    *) usage >&2; die "unknown option '$1' (arguments of the run go after --)" ;;
   esac
   shift
 done
-train_args=("$@")
-for required in project zone tpu; do
-  if [[ -z "${!required}" ]]; then echo "error: --$required is required" >&2; usage >&2; exit 2; fi
+args=("$@")
+[[ -n "$project" ]] || die "--project is required (or set CLOUDSDK_CORE_PROJECT)"
+[[ -n "$zone" ]] || die "--zone is required (or set CLOUDSDK_COMPUTE_ZONE)"
+[[ -n "$tpu" ]] || die "--tpu is required (or set TPU_NAME)"
+[[ "$module" =~ ^[A-Za-z_][A-Za-z0-9_.]*$ ]] || die "--module takes a Python module, got '$module'"
+[[ "$repo_dir" =~ ^[A-Za-z0-9._/-]+$ && "$repo_dir" != /* ]] ||
+  die "--repo-dir must be a plain path relative to the home directory, got '$repo_dir'"
+for env in ${envs[@]+"${envs[@]}"}; do
+  [[ "$env" =~ ^[A-Za-z_][A-Za-z0-9_]*= ]] || die "--env takes NAME=VALUE, got '$env'"
 done
-if [[ ${#train_args[@]} -eq 0 ]]; then
-  echo "error: no train arguments: add -- --config=... --workdir=gs://..." >&2; exit 2
+if ((stop_only)); then
+  ((${#args[@]} == 0)) || die "--stop takes no arguments after --"
+elif ((${#args[@]} == 0)); then
+  die "nothing to run: add -- --config=... --workdir=gs://..."
 fi
-command -v gcloud >/dev/null || { echo "error: the gcloud CLI is not installed" >&2; exit 2; }
+command -v gcloud >/dev/null || die "the gcloud CLI is not installed (https://cloud.google.com/sdk)"
 
-here=$(cd "$(dirname "$0")/.." && pwd)
-log_dir=${log_dir:-$here/logs/tpu-$tpu-$(date +%Y%m%d-%H%M%S)}
-mkdir -p "$log_dir"
 gc=(gcloud --project="$project" compute tpus tpu-vm)
+on_all() { "${gc[@]}" ssh "$tpu" --zone="$zone" --worker=all --command="$1" "${@:2}"; }
+pidfile="$repo_dir/logs/run.pid"
+# Sends SIGTERM to the run on every worker and waits until it has exited (SIGKILL after 10 min).
+stop_remote() {
+  on_all "pid=\$(cat $pidfile 2>/dev/null) || exit 0; kill -TERM \$pid 2>/dev/null || exit 0
+    for i in \$(seq 300); do kill -0 \$pid 2>/dev/null || exit 0; sleep 2; done; kill -KILL \$pid"
+}
+if ((stop_only)); then
+  echo "Sending SIGTERM to the run on every worker of $tpu; waiting for it to exit."
+  stop_remote
+  exit 0
+fi
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+run=run-$(date +%Y%m%d-%H%M%S)
+log_dir=${log_dir:-$here/logs/tpu-$tpu-${run#run-}}
+mkdir -p "$log_dir"
 
 # 1. Create the slice, or reuse it.
-if "${gc[@]}" describe "$tpu" --zone="$zone" >/dev/null 2>&1; then
-  echo "Reusing TPU VM $tpu in $zone."
-else
-  echo "Creating TPU VM $tpu ($accelerator, $version) in $zone ..."
-  "${gc[@]}" create "$tpu" --zone="$zone" --accelerator-type="$accelerator" \
-    --version="$version" $spot
+if ! state=$("${gc[@]}" describe "$tpu" --zone="$zone" --format='value(state)' 2>&1); then
+  # A missing TPU is NOT_FOUND; anything else (auth, API, project) is gcloud's own message.
+  [[ "$state" == *NOT_FOUND* || "$state" == *"not found"* ]] || die "gcloud: $state"
+  state=""
 fi
-on_all() { "${gc[@]}" ssh "$tpu" --zone="$zone" --worker=all --command="$1"; }
+if [[ -z "$state" ]]; then
+  [[ -n "$accelerator" ]] ||
+    die "TPU VM $tpu does not exist in $zone: give --accelerator-type to create it"
+  if [[ -z "$version" ]]; then
+    case "$accelerator" in
+      v5litepod-*|v5e-*) version=v2-alpha-tpuv5-lite ;;
+      v5p-*) version=v2-alpha-tpuv5 ;;
+      v6e-*) version=v2-alpha-tpuv6e ;;
+      *) version='tpu-ubuntu2204-base' ;;
+    esac
+  fi
+  echo "Creating TPU VM $tpu ($accelerator, $version) in $zone ..."
+  "${gc[@]}" create "$tpu" --zone="$zone" --accelerator-type="$accelerator" --version="$version" \
+    ${spot[@]+"${spot[@]}"}
+elif [[ "$state" != READY ]]; then
+  die "TPU VM $tpu is $state, not READY: start it (gcloud compute tpus tpu-vm start $tpu" \
+    "--zone=$zone) or, if preempted, delete it (... delete $tpu --zone=$zone) and rerun"
+else
+  echo "Reusing TPU VM $tpu in $zone."
+fi
 
-# 2. Ship this checkout (committed files) to every worker and install it with JAX for TPU.
-if [[ $install -eq 1 ]]; then
-  archive=$(mktemp -t fastslow-XXXXXX.tar.gz)
-  git -C "$here" archive --format=tar.gz -o "$archive" HEAD
+# 2. Ship this checkout (tracked and untracked files, not ignored ones) to every worker; install
+#    it in a Python 3.12 virtualenv (made by uv, which fetches 3.12 if the image lacks it) with
+#    JAX for TPU. A virtualenv from an earlier install is kept and updated.
+if ((install)); then
+  archive=$(mktemp "${TMPDIR:-/tmp}/fastslow-XXXXXX")
+  if git -C "$here" rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+    (cd "$here" && git ls-files -z --cached --others --exclude-standard |
+      while IFS= read -r -d '' f; do [[ -e "$f" ]] && printf '%s\0' "$f"; done |
+      tar --null -T - -czf "$archive")
+  else
+    tar -C "$here" --exclude=.venv --exclude=.git --exclude=logs --exclude=runs \
+      --exclude=workdirs --exclude=__pycache__ -czf "$archive" .
+  fi
+  echo "Installing on every worker of $tpu (~$(du -k "$archive" | cut -f1) KiB of sources) ..."
   "${gc[@]}" scp "$archive" "$tpu:/tmp/fastslow-jax.tar.gz" --zone="$zone" --worker=all
   rm -f "$archive"
-  on_all "set -e; rm -rf $repo_dir && mkdir -p $repo_dir && tar -xzf /tmp/fastslow-jax.tar.gz -C $repo_dir
-    cd $repo_dir && python3 -m venv .venv && .venv/bin/pip install -q --upgrade pip
-    .venv/bin/pip install -q -e '.[gcs]' 'jax[tpu]'"
+  on_all "set -e; d=$repo_dir; rm -rf \$d.new; mkdir -p \$d.new \$d
+    tar -xzf /tmp/fastslow-jax.tar.gz -C \$d.new; rm -f /tmp/fastslow-jax.tar.gz
+    for keep in .venv logs; do if [ -e \$d/\$keep ]; then mv \$d/\$keep \$d.new/; fi; done
+    rm -rf \$d; mv \$d.new \$d; cd \$d; export PATH=\$HOME/.local/bin:\$PATH
+    command -v uv >/dev/null || python3 -m pip install -q --user uv ||
+      python3 -m pip install -q --user --break-system-packages uv
+    uv venv -q --allow-existing --python 3.12 .venv
+    uv pip install -q --python .venv/bin/python -e '.[gcs]' 'jax[tpu]'"
 fi
 
-# 3. The same command on every worker; each worker's output is kept in its own log.
-quoted=$(printf '%q ' "${train_args[@]}")
-echo "Training on all workers of $tpu; logs in $log_dir"
-status=0
-on_all "cd $repo_dir && .venv/bin/python -m fastslow_jax.train $quoted 2>&1 | tee /tmp/fastslow-train.log" \
-  > "$log_dir/all-workers.log" 2>&1 || status=$?
-
-# 4. Collect each worker's log, whatever the outcome.
-workers=$("${gc[@]}" describe "$tpu" --zone="$zone" --format='value(networkEndpoints.len())' || echo 1)
-for ((w = 0; w < ${workers:-1}; w++)); do
-  "${gc[@]}" scp "$tpu:/tmp/fastslow-train.log" "$log_dir/worker-$w.log" --zone="$zone" \
-    --worker="$w" >/dev/null 2>&1 || echo "warning: no log from worker $w" >&2
+# 3. The same command on every worker, under nohup; this stream shows all workers' output.
+quoted=$(printf ' %q' "${args[@]}")
+env_quoted=""
+((${#envs[@]} == 0)) || env_quoted=$(printf ' %q' "${envs[@]}")
+remote="set -e; cd $repo_dir; mkdir -p logs
+md() { curl -sf -H 'Metadata-Flavor: Google' \
+  http://\${GCE_METADATA_IP:-metadata.google.internal}/computeMetadata/v1/instance/attributes/\$1; }
+endpoints=\$(md worker-network-endpoints || true)
+workers=\$(printf '%s' \"\$endpoints\" | tr ',' '\n' | grep -c . || true)
+if [ \"\$workers\" -gt 1 ]; then
+  export JAX_COORDINATOR_ADDRESS=\$(printf '%s' \"\${endpoints%%,*}\" | awk -F: '{print \$NF}'):8482
+  export JAX_NUM_PROCESSES=\$workers JAX_PROCESS_ID=\$(md agent-worker-number)
+fi
+: > logs/$run.log
+nohup env${env_quoted} .venv/bin/python -m $module${quoted} > logs/$run.log 2>&1 < /dev/null &
+pid=\$!; echo \$pid > logs/run.pid
+tail -n +1 -f --pid=\$pid logs/$run.log || true
+wait \$pid && rc=0 || rc=\$?
+rm -f logs/run.pid
+exit \$rc"
+for arg in "${args[@]}"; do
+  if [[ "$arg" == --workdir=* && "$arg" != --workdir=gs://* ]]; then
+    echo "warning: $arg is not on GCS: on a pod every worker must see the workdir" \
+      "(use --workdir=gs://BUCKET/...)" >&2
+  fi
 done
+echo "Running on every worker of $tpu: python -m $module${quoted}"
+echo "Logs: $log_dir (Ctrl-C stops the run with a checkpoint)"
+interrupted=0
+trap 'interrupted=1' INT
+status=0
+on_all "$remote" 2>&1 | tee "$log_dir/all-workers.log" || status=$?
+if ((interrupted)); then
+  echo "Interrupted: sending SIGTERM to the run on every worker; waiting for it to exit ..."
+  trap - INT
+  stop_remote || true
+  status=130
+fi
 
-if [[ $delete_after -eq 1 ]]; then
+# 4. Each worker's own log, whatever the outcome (one file per worker in the log directory).
+on_all "cat $repo_dir/logs/$run.log" --output-directory="$log_dir" >/dev/null 2>&1 ||
+  echo "warning: could not fetch every worker's log ($repo_dir/logs/$run.log on the workers)" >&2
+if ((delete_after)); then
   "${gc[@]}" delete "$tpu" --zone="$zone" --quiet
 fi
 echo "Done (status $status). Logs: $log_dir"

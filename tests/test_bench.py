@@ -9,8 +9,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def test_bench_prints_a_row_per_arm_and_the_ratio():
+  # The suite runs with 8 simulated devices: the batch must divide them (as it must on a pod).
   out = subprocess.run([sys.executable, '-m', 'experiments.bench', '--size=tiny', '--seq_lens=32',
-                        '--Ps=4,8', '--steps=1', '--warmup=0', '--batch_size=2'], cwd=ROOT,
+                        '--Ps=4,8', '--steps=1', '--warmup=0', '--batch_size=8'], cwd=ROOT,
                        check=True, capture_output=True, text=True, timeout=300).stdout
   rows = [line for line in out.splitlines() if re.match(r'(dense|coupled)\s+32\s', line)]
   assert [r.split()[0] for r in rows] == ['dense', 'coupled', 'coupled']
