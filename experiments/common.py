@@ -424,10 +424,14 @@ def save_figure(fig, path: str | os.PathLike) -> str:
 
 
 def git_commit() -> str:
-  """Short hash of HEAD (read only), or 'unknown' outside a git checkout."""
+  """Short hash of HEAD, '+ uncommitted changes' when tracked code differs from it (reports
+  and Markdown excluded), or 'unknown' outside a git checkout."""
+  git = lambda *args: subprocess.run(['git', *args], cwd=REPO, check=True, capture_output=True,
+                                     text=True).stdout.strip()
   try:
-    return subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=REPO, check=True,
-                          capture_output=True, text=True).stdout.strip()
+    dirty = git('status', '--porcelain', '--untracked-files=no', '--', '.',
+                ':(exclude)experiments/reports', ':(exclude)*.md')
+    return git('rev-parse', '--short', 'HEAD') + (' + uncommitted changes' if dirty else '')
   except (OSError, subprocess.CalledProcessError):
     return 'unknown'
 
