@@ -144,6 +144,24 @@ def make_config(arm: str, *, size: str = 'cpu', P: int = 16, seed: int = 0,
   return config
 
 
+def define_grid_flags(name: str | None, *, tokens_help: str = 'Training tokens per run (500k, 10M, ...).',
+                      set_default: Sequence[str] = (), timing: bool = True) -> None:
+  """The flags every experiment shares: budget, size, overrides, where runs and report go."""
+  from absl import flags
+  flags.DEFINE_string('tokens', '500k', tokens_help)
+  flags.DEFINE_string('size', 'cpu', 'A size of configs/fastslow.py (tiny, small, 124m, ...) or '
+                      f'a preset of experiments/common.py ({", ".join(PRESETS)}).')
+  flags.DEFINE_list('set', list(set_default), 'Config overrides field=value, e.g. '
+                    'optim.lr=1e-3,batch_size=32.')
+  if timing:
+    flags.DEFINE_integer('timing_rounds', 20, 'Interleaved rounds of the step-time benchmark '
+                         "(0: use the runs' own step times).")
+  flags.DEFINE_string('name', name, 'Report / workdir name' + ('.' if name else
+                      ' (default paper_<tokens>).'))
+  flags.DEFINE_string('workdir_root', None, 'Where the runs go (default workdirs/<name>).')
+  flags.DEFINE_string('out_dir', None, 'Where the report goes (default experiments/reports/<name>).')
+
+
 # --------------------------------------------------------------------------- running a grid
 
 

@@ -444,19 +444,15 @@ def main():
 def define_flags():
   from absl import flags
   flags.DEFINE_list('Ps', [str(p) for p in DEFAULT_PS], 'Pooling periods (must divide T).')
-  flags.DEFINE_string('tokens', '500k', 'Training tokens per P.')
-  flags.DEFINE_string('size', 'cpu', 'Config size or experiments preset (see paper_500k).')
   flags.DEFINE_integer('seed', 0, 'Model seed (init, training and probe windows).')
   flags.DEFINE_integer('probes', 8, 'Probe points per run (init and the end included).')
   flags.DEFINE_integer('probe_windows', 256, 'Windows to fit the read-out on (and as many to '
                        'score it on).')
   flags.DEFINE_integer('vocab_size', DEFAULT_SOURCE['vocab_size'], 'States of the CTMC.')
   flags.DEFINE_integer('source_seed', DEFAULT_SOURCE['seed'], 'Seed of the generators Q0, Q1.')
-  flags.DEFINE_list('set', [f'{k}={v}' for k, v in DEFAULT_SET.items()],
-                    'Config overrides field=value (replace the default T=256, batch 8).')
-  flags.DEFINE_string('name', 'equilibrium', 'Report / workdir name.')
-  flags.DEFINE_string('workdir_root', None, 'Where the runs go (default workdirs/<name>).')
-  flags.DEFINE_string('out_dir', None, 'Where the report goes (default experiments/reports/<name>).')
+  common.define_grid_flags('equilibrium', tokens_help='Training tokens per P.', timing=False,
+                           set_default=[f'{k}={v}' for k, v in DEFAULT_SET.items()])
+  flags.adopt_module_key_flags(common)  # Listed in --help beside this module's own.
 
 
 if __name__ == '__main__':

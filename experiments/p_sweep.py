@@ -287,17 +287,10 @@ def define_flags():
   flags.DEFINE_string('data', 'synthetic', "'synthetic' or text file(s).")
   flags.DEFINE_list('Ps', [str(p) for p in DEFAULT_PS], 'Pooling periods (must divide T).')
   flags.DEFINE_list('seeds', ['0', '1'], 'Seeds per P.')
-  flags.DEFINE_string('tokens', '500k', 'Training tokens per run.')
-  flags.DEFINE_string('size', 'cpu', 'Config size or experiments preset (see paper_500k).')
   flags.DEFINE_bool('dense', True, 'Also train the dense reference (same seeds).')
   flags.DEFINE_integer('checkpoints', 1, 'Checkpoints per run (slow share measured at each).')
-  flags.DEFINE_integer('timing_rounds', 20, 'Interleaved rounds of the step-time benchmark '
-                       '(0: use the runs\' own step times).')
-  flags.DEFINE_list('set', [f'{k}={v}' for k, v in DEFAULT_SET.items()],
-                    'Config overrides field=value (replace the default T=256, batch 8).')
-  flags.DEFINE_string('name', 'p_sweep', 'Report / workdir name.')
-  flags.DEFINE_string('workdir_root', None, 'Where the runs go (default workdirs/<name>).')
-  flags.DEFINE_string('out_dir', None, 'Where the report goes (default experiments/reports/<name>).')
+  common.define_grid_flags('p_sweep', set_default=[f'{k}={v}' for k, v in DEFAULT_SET.items()])
+  flags.adopt_module_key_flags(common)  # Listed in --help beside this module's own.
 
 
 if __name__ == '__main__':

@@ -438,18 +438,11 @@ def define_flags():
                     "Data sources: 'synthetic' and/or text files (one source per entry).")
   flags.DEFINE_list('arms', list(common.ARMS), 'Arms of the grid.')
   flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds (init and data order) per arm.')
-  flags.DEFINE_string('tokens', '500k', 'Training tokens per run (500k, 10M, ...).')
-  flags.DEFINE_string('size', 'cpu', 'A size of configs/fastslow.py (tiny, small, 124m, ...) or '
-                      f'a preset of experiments/common.py ({", ".join(common.PRESETS)}).')
   flags.DEFINE_integer('P', 16, 'Pooling period of the slow path.')
   flags.DEFINE_integer('checkpoints', 5, 'Checkpoints per run (slow-share trajectory points).')
   flags.DEFINE_integer('evals', 5, 'Validation points per run.')
-  flags.DEFINE_integer('timing_rounds', 20, 'Interleaved rounds of the step-time benchmark '
-                       '(0: use the runs\' own step times).')
-  flags.DEFINE_list('set', [], 'Config overrides field=value, e.g. optim.lr=1e-3,batch_size=32.')
-  flags.DEFINE_string('name', None, 'Report / workdir name (default paper_<tokens>).')
-  flags.DEFINE_string('workdir_root', None, 'Where the runs go (default workdirs/<name>).')
-  flags.DEFINE_string('out_dir', None, 'Where the report goes (default experiments/reports/<name>).')
+  common.define_grid_flags(None)
+  flags.adopt_module_key_flags(common)  # Listed in --help beside this module's own.
 
 
 if __name__ == '__main__':
