@@ -3,7 +3,7 @@ sanity, dtypes / attention backends and logical axis names.
 
 Every model here is tiny (d_model 32, 2 layers, vocab 64); the file takes ~80 s on two CPU
 cores, almost all of it XLA compiling (~3 s per training step), so compiles are shared where
-possible. The causality rules under test are those of /work/shared/PAPER.md:
+possible. The causality rules under test are the paper's (README, "The model"):
 pooled block j = mean of x[jP:(j+1)P]; token t reads block (t+1)//P - 1 (zero before any block is
 complete); pooled blocks attend block-causally.
 """
