@@ -165,6 +165,16 @@ def define_grid_flags(name: str | None, *, tokens_help: str = 'Training tokens p
 # --------------------------------------------------------------------------- running a grid
 
 
+def runs_root(name: str, workdir_root: str | os.PathLike | None = None) -> pathlib.Path:
+  """Where an experiment's runs go: `workdir_root`, else workdirs/<name> in the repository."""
+  return pathlib.Path(workdir_root or REPO / 'workdirs' / name)
+
+
+def report_dir(name: str, out_dir: str | os.PathLike | None = None) -> pathlib.Path:
+  """Where an experiment's report goes: `out_dir`, else experiments/reports/<name>."""
+  return pathlib.Path(out_dir or REPORTS / name)
+
+
 @dataclasses.dataclass(eq=False)
 class Run:
   """One training run of a grid: `group` (e.g. the data source), arm, seed, a free `label`."""

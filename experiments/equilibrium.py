@@ -27,7 +27,6 @@ import shutil
 import time
 from typing import Any, Sequence
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -231,7 +230,7 @@ def conclusion(results: list[dict[str, Any]]) -> str:
   out.append(
       'After training, the read-out from phi_theta reaches a mean TV to p_st of '
       + ', '.join(f'{best[P]:.3f} (P={P}, {best_layer[P].replace("phi_", "layer ")})' for P in Ps)
-      + f'; at initialisation (random phi_theta) it was '
+      + '; at initialisation (random phi_theta) it was '
       + ', '.join(f'{init[P]:.3f}' for P in Ps)
       + f', so training changes it by {np.mean([best[P] - init[P] for P in Ps]):+.3f} on average '
       '(negative: closer to p_st).')
@@ -418,8 +417,7 @@ def run(*, name: str = 'equilibrium', Ps: Sequence[int] = DEFAULT_PS, tokens: in
   """Trains and probes one coupled model per P; writes the report; returns its path."""
   source = ctmc.CTMCSource(**{**DEFAULT_SOURCE, **(source_kwargs or {})})
   overrides = dict(DEFAULT_SET if overrides is None else overrides)
-  root = pathlib.Path(workdir_root or common.REPO / 'workdirs' / name)
-  out = pathlib.Path(out_dir or common.REPORTS / name)
+  root, out = common.runs_root(name, workdir_root), common.report_dir(name, out_dir)
   results = [train_one(P, source=source, size=size, tokens=tokens, seed=seed,
                        overrides=overrides, probes=probes, probe_windows=probe_windows,
                        workdir=root / f'P{P}', devices=devices, log=log) for P in sorted(Ps)]
@@ -432,8 +430,7 @@ def run(*, name: str = 'equilibrium', Ps: Sequence[int] = DEFAULT_PS, tokens: in
 def main():
   from absl import flags
   f = flags.FLAGS
-  common.enable_compilation_cache(pathlib.Path(f.workdir_root or common.REPO / 'workdirs' / f.name)
-                                  / 'jax_cache')
+  common.enable_compilation_cache(common.runs_root(f.name, f.workdir_root) / 'jax_cache')
   run(name=f.name, Ps=[int(p) for p in f.Ps], tokens=common.parse_tokens(f.tokens), size=f.size,
       seed=f.seed, probes=f.probes, probe_windows=f.probe_windows,
       source_kwargs={'vocab_size': f.vocab_size, 'seed': f.source_seed},

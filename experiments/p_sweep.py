@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 import os
 import pathlib
-import time
 from typing import Any, Sequence
 
 import numpy as np
@@ -61,8 +60,9 @@ def summarise(results: list[dict[str, Any]], Ps: Sequence[int],
     flops = models.flops_per_token(models.ModelConfig.from_mapping(cfg.model))
     val = [r['val_loss'] for r in rs]
     step_s = timing.get(f'P={P}', float(np.mean([r['step_s'] for r in rs])))
+    val_mean, val_std = common.mean_std(val)
     rows[P] = {
-        'val': val, 'val_mean': common.mean_std(val)[0], 'val_std': common.mean_std(val)[1],
+        'val': val, 'val_mean': val_mean, 'val_std': val_std,
         'vs_dense': common.compare(val, dense_val) if dense_val else None,
         'gate': {k: float(np.mean([r['gate'][k] for r in rs])) for k in rs[0]['gate']},
         'share': float(np.mean([paper_500k.max_share(r) for r in rs])),
@@ -227,11 +227,7 @@ def write(results, *, Ps, root: pathlib.Path, out_dir: pathlib.Path, command: st
   lines.append(f'![quality vs P]({quality})\n')
   lines.append(f'![step time vs P]({timing})\n')
   lines.append('## Runs\n')
-  lines.append(common.markdown_table(
-      ['run', 'val loss', 'gate', 'slow share', 'step', 'wall'],
-      [[r['name'], common.fmt(r['val_loss']), ', '.join(f'{v:+.3f}' for v in r['gate'].values())
-        or '—', common.fmt(paper_500k.max_share(r), 3) if r['share'] else '—',
-        f'{r["step_s"] * 1e3:.0f} ms', common.fmt_seconds(r['wall_s'])] for r in results]))
+  lines.append(paper_500k.runs_table(results))
   lines.append(f'Run directories: `{common.display_path(root)}`.\n')
   return common.write_report(out_dir, '\n'.join(lines),
                              {'summary': s, 'optimum': optimum,
@@ -248,8 +244,7 @@ def run(*, name: str = 'p_sweep', data_spec: str = 'synthetic', Ps: Sequence[int
   """Runs (or reuses) the sweep and writes the report; returns the report's path."""
   overrides = dict(DEFAULT_SET if overrides is None else overrides)
   data_spec = data_spec if data_spec == 'synthetic' else os.path.abspath(data_spec)
-  root = pathlib.Path(workdir_root or common.REPO / 'workdirs' / name)
-  out = pathlib.Path(out_dir or common.REPORTS / name)
+  root, out = common.runs_root(name, workdir_root), common.report_dir(name, out_dir)
   Ps = sorted(Ps)
   runs = build_runs(data_spec=data_spec, Ps=Ps, seeds=seeds, tokens=tokens, size=size,
                     dense=dense, checkpoints=checkpoints, overrides=overrides)
@@ -273,8 +268,7 @@ def main():
   from absl import flags
   f = flags.FLAGS
   tokens = common.parse_tokens(f.tokens)
-  common.enable_compilation_cache(pathlib.Path(f.workdir_root or common.REPO / 'workdirs' / f.name)
-                                  / 'jax_cache')
+  common.enable_compilation_cache(common.runs_root(f.name, f.workdir_root) / 'jax_cache')
   run(name=f.name, data_spec=f.data, Ps=[int(p) for p in f.Ps], seeds=[int(s) for s in f.seeds],
       tokens=tokens, size=f.size, dense=f.dense, checkpoints=f.checkpoints,
       timing_rounds=f.timing_rounds,

@@ -77,6 +77,15 @@ def first_open_step(results: list[dict[str, Any]]) -> int | None:
   return None
 
 
+def runs_table(results: list[dict[str, Any]]) -> str:
+  """A Markdown row per run: final validation loss, gates, slow share, step time, wall time."""
+  rows = [[r['name'], common.fmt(r['val_loss']),
+           ', '.join(f'{v:+.3f}' for v in r['gate'].values()) or '—',
+           common.fmt(max_share(r), 3) if r['share'] else '—', f'{r["step_s"] * 1e3:.0f} ms',
+           common.fmt_seconds(r['wall_s'])] for r in results]
+  return common.markdown_table(['run', 'val loss', 'gate', 'slow share', 'step', 'wall'], rows)
+
+
 # --------------------------------------------------------------------------- plots
 
 
@@ -375,12 +384,7 @@ def write(results, *, root: pathlib.Path, out_dir: pathlib.Path, command: str, t
     lines.append(f'![gate per layer]({plot_gates(results, root, out_dir, groups)})\n')
     lines.append(f'![slow share]({plot_shares(results, out_dir, groups)})\n')
   lines.append('## Runs\n')
-  rows = [[r['name'], common.fmt(r['val_loss']),
-           ', '.join(f'{v:+.3f}' for v in r['gate'].values()) or '—',
-           common.fmt(max_share(r), 3) if r['share'] else '—', f'{r["step_s"] * 1e3:.0f} ms',
-           common.fmt_seconds(r['wall_s'])] for r in results]
-  lines.append(common.markdown_table(['run', 'val loss', 'gate', 'slow share', 'step', 'wall'],
-                                     rows))
+  lines.append(runs_table(results))
   lines.append(f'Run directories (metrics.jsonl, config.json, checkpoints): `{common.display_path(root)}`.\n')
   return common.write_report(out_dir, '\n'.join(lines),
                              {'summary': summary, 'optima': optima,
@@ -395,8 +399,7 @@ def run(*, name: str = 'paper_500k', data_specs: Sequence[str] = ('synthetic', s
         out_dir: str | None = None, command: str = '', devices=None,
         log=print) -> pathlib.Path:
   """Runs (or reuses) the grid and writes the report; returns the report's path."""
-  root = pathlib.Path(workdir_root or common.REPO / 'workdirs' / name)
-  out = pathlib.Path(out_dir or common.REPORTS / name)
+  root, out = common.runs_root(name, workdir_root), common.report_dir(name, out_dir)
   runs = build_runs(data_specs=data_specs, arms=arms, seeds=seeds, tokens=tokens, size=size, P=P,
                     checkpoints=checkpoints, evals=evals, overrides=overrides)
   results = common.run_grid(runs, root, devices=devices, log=log)
@@ -422,8 +425,7 @@ def main():
   f = flags.FLAGS
   tokens = common.parse_tokens(f.tokens)
   name = f.name or f'paper_{common.tokens_label(tokens)}'
-  common.enable_compilation_cache(pathlib.Path(f.workdir_root or common.REPO / 'workdirs' / name)
-                                  / 'jax_cache')
+  common.enable_compilation_cache(common.runs_root(name, f.workdir_root) / 'jax_cache')
   run(name=name, data_specs=f.data, arms=f.arms,
       seeds=[int(s) for s in f.seeds], tokens=tokens, size=f.size, P=f.P,
       checkpoints=f.checkpoints, evals=f.evals, timing_rounds=f.timing_rounds, overrides=common.parse_overrides(f.set),
