@@ -12,7 +12,6 @@ ratio of each coupled row to the dense row with the same T (target at P=16, T=10
 
 from __future__ import annotations
 
-import pathlib
 import statistics
 import time
 
@@ -20,7 +19,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from fastslow_jax import configlib, metrics, models, train
+from fastslow_jax import configlib, metrics, models, runtime
 
 _SIZE = flags.DEFINE_string('size', 'small', 'Model size from configs/fastslow.py.')
 _SEQ_LENS = flags.DEFINE_list('seq_lens', ['256', '1024'], 'Sequence lengths T.')
@@ -32,9 +31,6 @@ _IMPL = flags.DEFINE_string('attention_impl', 'reference', 'reference | xla | cu
 _DTYPE = flags.DEFINE_string('dtype', None, 'Compute dtype (default: the size\'s).')
 _MESH = flags.DEFINE_string('mesh', '-1,1,1', 'data,fsdp,tensor.')
 
-CONFIG = pathlib.Path(__file__).resolve().parents[1] / 'configs' / 'fastslow.py'
-
-
 class Row:
   """One compiled configuration, ready to be timed a step at a time."""
 
@@ -45,9 +41,9 @@ class Row:
                  'mesh.tensor': tensor}
     if _DTYPE.value:
       overrides['model.dtype'] = _DTYPE.value
-    config = train.resolve_config(configlib.load(
-        f'{CONFIG}:arm={arm},size={_SIZE.value},P={P}', overrides))
-    self.setup = setup = train.Setup(config)
+    config = runtime.resolve_config(configlib.load(
+        f'fastslow:arm={arm},size={_SIZE.value},P={P}', overrides))
+    self.setup = setup = runtime.TrainSetup(config)
     self.state = setup.init_state()
     start = time.perf_counter()
     self.compiled = setup.compile_train_step(config.batch_size)

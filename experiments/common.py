@@ -37,14 +37,13 @@ from scipy import stats
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 
-from fastslow_jax import checkpointing, configlib, data, metrics, train  # noqa: E402
-from fastslow_jax.models import block_mean_pool, broadcast_completed_blocks  # noqa: E402
+from fastslow_jax import configlib, data, evaluate, metrics, runtime, train  # noqa: E402
+from fastslow_jax.rundir import RunDir  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-CONFIG = REPO / 'configs' / 'fastslow.py'
 REPORTS = REPO / 'experiments' / 'reports'
 DEFAULT_TEXT = REPO.parent / 'shared' / 'data' / 'tinyshakespeare.txt'
-ARMS = ('dense', 'coupled', 'gate_frozen', 'slow_frozen')
+RESULT_FILE = 'result.json'  # An experiment's summary of one finished run, in its workdir.
 COLORS = {'dense': 'tab:gray', 'coupled': 'tab:blue', 'gate_frozen': 'tab:orange',
           'slow_frozen': 'tab:green'}
 
@@ -116,7 +115,7 @@ def make_config(arm: str, *, size: str = 'cpu', P: int = 16, seed: int = 0,
   `overrides` (dotted fields) come last and win.
   """
   base, preset = PRESETS.get(size, (size, {}))
-  config = configlib.load(f'{CONFIG}:arm={arm},size={base},P={P}', preset)
+  config = configlib.load(f'fastslow:arm={arm},size={base},P={P}', preset)
   config.seed = seed
   if data_spec != 'synthetic':
     config.data.kind, config.data.path = 'text', data_spec
@@ -149,7 +148,7 @@ def define_grid_flags(name: str | None, *, tokens_help: str = 'Training tokens p
   """The flags every experiment shares: budget, size, overrides, where runs and report go."""
   from absl import flags
   flags.DEFINE_string('tokens', '500k', tokens_help)
-  flags.DEFINE_string('size', 'cpu', 'A size of configs/fastslow.py (tiny, small, 124m, ...) or '
+  flags.DEFINE_string('size', 'cpu', 'A size of the fastslow config (tiny, small, 124m, ...) or '
                       f'a preset of experiments/common.py ({", ".join(PRESETS)}).')
   flags.DEFINE_list('set', list(set_default), 'Config overrides field=value, e.g. '
                     'optim.lr=1e-3,batch_size=32.')
@@ -216,7 +215,7 @@ def run_grid(runs: Sequence[Run], root: str | os.PathLike, *, devices=None,
   results = []
   for i, run in enumerate(runs):
     workdir = pathlib.Path(root) / run.name
-    result_path = workdir / 'result.json'
+    result_path = workdir / RESULT_FILE
     config_json = json.loads(run.config.to_json_best_effort())
     if result_path.exists():
       old = json.loads(result_path.read_text())
@@ -230,7 +229,7 @@ def run_grid(runs: Sequence[Run], root: str | os.PathLike, *, devices=None,
     start = time.perf_counter()
     last = train.train(run.config, str(workdir), devices=devices, overwrite=True)
     wall = time.perf_counter() - start
-    records = metrics.read_jsonl(workdir / metrics.METRICS_FILE)
+    records = read_metrics(workdir)
     train_s, step_s = train_seconds(records)
     result = {
         'name': run.name, 'group': run.group, 'arm': run.arm, 'seed': run.seed,
@@ -257,8 +256,8 @@ def time_steps(configs: dict[str, ml_collections.ConfigDict], *, rounds: int = 2
   """
   live = {}
   for key, config in configs.items():
-    config = train.resolve_config(config, len(devices) if devices else None)
-    setup = train.Setup(config, devices)
+    config = runtime.resolve_config(config, len(devices) if devices else None)
+    setup = runtime.TrainSetup(config, devices)
     T, B = config.model.seq_len, config.batch_size
     tokens = np.random.default_rng(0).integers(0, config.model.vocab_size, (B, T + 1),
                                                dtype=np.int32)
@@ -304,52 +303,6 @@ def cached_step_times(path: str | os.PathLike, configs: dict[str, ml_collections
 # --------------------------------------------------------------------------- probing a model
 
 
-def load_setup(workdir: str | os.PathLike, devices=None) -> train.Setup:
-  """The training Setup of a run (its config.json), laid out on the local devices."""
-  config = ml_collections.ConfigDict(json.loads((pathlib.Path(workdir) / train.CONFIG_FILE)
-                                                .read_text()))
-  config.mesh.data, config.mesh.fsdp, config.mesh.tensor, config.mesh.dcn_data = 1, -1, 1, 1
-  return train.Setup(config, devices)
-
-
-def checkpoint_steps(workdir: str | os.PathLike) -> list[int]:
-  mngr = checkpointing.manager(os.path.abspath(workdir), read_only=True)
-  steps = sorted(mngr.all_steps())
-  mngr.close()
-  return steps
-
-
-def load_model(workdir: str | os.PathLike, step: int | None = None, devices=None,
-               setup: train.Setup | None = None):
-  """(config, model) of a run's checkpoint at `step` (default latest), on the local devices."""
-  setup = setup or load_setup(workdir, devices)
-  mngr = checkpointing.manager(os.path.abspath(workdir), read_only=True)
-  step = mngr.latest_step() if step is None else step
-  with setup.activate():
-    params = checkpointing.restore_params(mngr, step, setup.abstract_state_with_sharding().params)
-  mngr.close()
-  return setup.config, nnx.merge(setup.graphdef, params)
-
-
-def layer_internals(model, tokens: jax.Array) -> list[dict[str, jax.Array]]:
-  """Per layer: the fast update, and for slow layers the pooled input, slow state y, phi(y) and
-  the gated, broadcast slow update. Mirrors fastslow.Block.__call__ step by step."""
-  h = model.embed(tokens)
-  out = []
-  for block in model.blocks:
-    x = block.attn_norm(h)
-    rec = {'fast': block.fast(x)}
-    if block.slow is not None:
-      pooled = block_mean_pool(x, block.P)
-      y = block.slow.attn(pooled)
-      phi = block.slow.phi(y)
-      rec.update(pooled=pooled, y=y, phi=phi, gated=block.gate[...] * broadcast_completed_blocks(
-          phi, block.P, tokens.shape[1]))
-    out.append(rec)
-    h = block(h)
-  return out
-
-
 @functools.lru_cache(maxsize=32)
 def _jitted(graphdef, fn: Callable):
   return jax.jit(lambda state, *args: fn(nnx.merge(graphdef, state), *args))
@@ -363,8 +316,9 @@ def apply_jitted(model, fn: Callable, *args):
 
 
 def _shares(model, tokens):
+  _, parts = model.forward(tokens)
   return [jnp.sqrt(jnp.mean(jnp.square(r['gated'])) / jnp.mean(jnp.square(r['fast'])))
-          if 'gated' in r else None for r in layer_internals(model, tokens)]
+          if 'gated' in r else None for r in parts]
 
 
 def slow_share_of(model, tokens) -> dict[str, float]:
@@ -376,16 +330,56 @@ def slow_share_of(model, tokens) -> dict[str, float]:
 def slow_shares(workdir: str | os.PathLike, *, devices=None,
                 num_windows: int = 64) -> dict[str, dict[str, float]]:
   """{step: slow share per layer} at every checkpoint of a run, on validation windows."""
-  setup = load_setup(workdir, devices)
-  cfg = setup.config
+  cfg = RunDir(workdir).read_config()
   ds = data.make_dataset(cfg.data, seq_len=cfg.model.seq_len, split='validation')
   tokens = jnp.asarray(np.stack([ds[i][:-1] for i in range(min(num_windows, len(ds)))]))
   out = {}
-  for step in checkpoint_steps(workdir):
-    _, model = load_model(workdir, step, setup=setup)
-    with setup.activate():
-      out[str(step)] = slow_share_of(model, tokens)
+  for step in evaluate.checkpoint_steps(workdir):
+    restored = evaluate.restore(workdir, step, devices=devices)
+    with restored.setup.activate():
+      out[str(step)] = slow_share_of(restored.model(), tokens)
   return out
+
+
+# --------------------------------------------------------------------------- run results
+
+
+def bayes_optimum(result: dict[str, Any]) -> float | None:
+  """The Bayes-optimal validation loss over the windows a synthetic run was scored on."""
+  cfg = ml_collections.ConfigDict(result['config'])
+  if cfg.data.kind != 'synthetic':
+    return None
+  windows = min(cfg.eval_batches, cfg.data.num_val_windows // cfg.batch_size) * cfg.batch_size
+  return data.bayes_optimal_ce(cfg.data, seq_len=cfg.model.seq_len, num_windows=windows)
+
+
+def max_share(result: dict[str, Any], step: str | None = None) -> float:
+  """Largest slow share over layers at checkpoint `step` (default the last)."""
+  shares = result.get('share') or {}
+  if not shares:
+    return math.nan
+  step = step or max(shares, key=int)
+  return max(shares[step].values())
+
+
+def runs_table(results: list[dict[str, Any]]) -> str:
+  """A Markdown row per run: final validation loss, gates, slow share, step time, wall time."""
+  rows = [[r['name'], fmt(r['val_loss']),
+           ', '.join(f'{v:+.3f}' for v in r['gate'].values()) or '—',
+           fmt(max_share(r), 3) if r['share'] else '—', f'{r["step_s"] * 1e3:.0f} ms',
+           fmt_seconds(r['wall_s'])] for r in results]
+  return markdown_table(['run', 'val loss', 'gate', 'slow share', 'step', 'wall'], rows)
+
+
+def runs_section(results: list[dict[str, Any]], root: str | os.PathLike) -> str:
+  """A report's closing section: a row per run and where the run directories are."""
+  return (f'## Runs\n\n{runs_table(results)}\nRun directories (config.json, metrics.jsonl, '
+          f'checkpoints): `{display_path(root)}`.\n')
+
+
+def without_configs(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+  """Run results as a report's results.json keeps them (configs live in the run directories)."""
+  return [{k: v for k, v in r.items() if k != 'config'} for r in results]
 
 
 # --------------------------------------------------------------------------- statistics
@@ -504,12 +498,7 @@ def write_report(out_dir: str | os.PathLike, text: str, results: Any = None) -> 
 
 
 def read_metrics(workdir: str | os.PathLike) -> list[dict[str, Any]]:
-  return metrics.read_jsonl(pathlib.Path(workdir) / metrics.METRICS_FILE)
-
-
-def quiet() -> None:
-  """Keeps library INFO chatter out of the experiment logs."""
-  metrics.quiet_library_logs()
+  return metrics.read_jsonl(RunDir(workdir).metrics)
 
 
 def is_main_process() -> bool:

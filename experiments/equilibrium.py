@@ -8,9 +8,10 @@ variational approximation of it. Here the data come from exactly such a system
 (`fastslow_jax.data.ctmc`: a CTMC over V states with Q(y) = Q0 + y Q1, observed at unit time
 steps, y a slow sinusoid), so p_st(y) is known exactly for every block.
 
-For each P a coupled model trains on this source (its own small loop over `train.Setup`, the same
-jitted step as `fastslow_jax.train`); at probe steps, phi_theta's output at every complete block j
-(every slow layer) is mapped to a distribution over the V states by a softmax-regression read-out
+For each P a coupled model trains on this source through `fastslow_jax.train` (the CTMC windows
+passed in as the run's datasets, read in order), stopping with a checkpoint at each probe step;
+each probe restores that checkpoint and maps phi_theta's output at every complete block j (every
+slow layer) to a distribution over the V states by a softmax-regression read-out
 fitted on held-out windows, and scored on other windows by the total-variation distance to
 pbar_j, the mean of p_st(y_t) over the block's tokens. Baselines: the uniform distribution, the
 best constant distribution, the block's empirical token histogram, the same read-out from the
@@ -29,11 +30,10 @@ from typing import Any, Sequence
 
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 from scipy import optimize
 
 from experiments import common
-from fastslow_jax import metrics, models, train
+from fastslow_jax import data, evaluate, models, runtime, train
 from fastslow_jax.data import ctmc
 
 DEFAULT_PS = (4, 8, 16, 32, 64)
@@ -100,9 +100,9 @@ class ProbeSet:
 
 def _slow_features(model, tokens):
   out = {}
-  for i, r in enumerate(common.layer_internals(model, tokens)):
-    if 'phi' in r:
-      out[f'phi_{i}'], out[f'pooled_{i}'] = r['phi'], r['pooled']
+  for i, parts in enumerate(model.forward(tokens)[1]):
+    if 'phi' in parts:
+      out[f'phi_{i}'], out[f'pooled_{i}'] = parts['phi'], parts['pooled']
   return out
 
 
@@ -138,6 +138,24 @@ def baselines(fit: ProbeSet, test: ProbeSet) -> dict[str, float]:
 # --------------------------------------------------------------------------- one P
 
 
+def ctmc_datasets(source: ctmc.CTMCSource, *, seq_len: int, num_train: int, seed: int, P: int,
+                  num_val: int = 64) -> train.Datasets:
+  """Fresh CTMC windows of seq_len + 1 tokens for training (read in order) and validation."""
+  def windows(stream: int, num: int, split: str) -> data.TokenDataset:
+    tokens, _ = source.sample(np.random.default_rng([seed, stream, P]), num, seq_len + 1)
+    return data.TokenDataset(tokens.reshape(-1), seq_len=seq_len, stride=seq_len + 1,
+                             vocab_size=source.V, bits_per_token_unit='token',
+                             name=f'ctmc {split}')
+  return train.Datasets(windows(1, num_train, 'train'), windows(2, num_val, 'validation'))
+
+
+def oracle_loss(source: ctmc.CTMCSource, *, seq_len: int, seed: int, P: int,
+                num_val: int = 64) -> float:
+  """The loss of a predictor told y, on the validation windows of `ctmc_datasets`."""
+  tokens, level = source.sample(np.random.default_rng([seed, 2, P]), num_val, seq_len + 1)
+  return float(-source.oracle_log_probs(tokens, level).mean())
+
+
 def train_one(P: int, *, source: ctmc.CTMCSource, size: str, tokens: int, seed: int,
               overrides: dict[str, Any], probes: int, probe_windows: int, workdir: pathlib.Path,
               devices=None, log=print) -> dict[str, Any]:
@@ -145,56 +163,41 @@ def train_one(P: int, *, source: ctmc.CTMCSource, size: str, tokens: int, seed: 
   config = common.make_config('coupled', size=size, P=P, seed=seed, tokens=tokens,
                               overrides={**overrides, 'data.vocab_size': source.V,
                                          'model.vocab_size': source.V})
-  config = train.resolve_config(config, len(devices) if devices else None)
+  config.data.shuffle = False  # Fresh windows, each read once, in the order they were drawn.
+  T, B, steps = config.model.seq_len, config.batch_size, config.total_steps
+  config.eval_batches = 64 // B
   key = {'config': json.loads(config.to_json_best_effort()), 'source': repr(vars_of(source)),
          'probes': probes, 'probe_windows': probe_windows}
-  result_path = workdir / 'result.json'
+  result_path = workdir / common.RESULT_FILE
   if result_path.exists():
     old = json.loads(result_path.read_text())
     if old.get('key') == key:
       log(f'P={P}: reused ({result_path})')
       return old
   shutil.rmtree(workdir, ignore_errors=True)
-  workdir.mkdir(parents=True)
   start = time.perf_counter()
-  T, B, steps = config.model.seq_len, config.batch_size, config.total_steps
-  setup = train.Setup(config, devices)
-  state = setup.init_state()
-  step_fn = setup.compile_train_step(B)
-  eval_fn = setup.compile_eval_step()
-  train_tokens, _ = source.sample(np.random.default_rng([seed, 1, P]), steps * B, T + 1)
-  val_tokens, val_level = source.sample(np.random.default_rng([seed, 2, P]), 64, T + 1)
-  oracle = float(-source.oracle_log_probs(val_tokens, val_level).mean())
+  datasets = ctmc_datasets(source, seq_len=T, num_train=steps * B, seed=seed, P=P)
   fit = ProbeSet(source, seq_len=T, P=P, num=probe_windows, seed=seed)
   test = ProbeSet(source, seq_len=T, P=P, num=probe_windows, seed=seed + 1000)
   base = baselines(fit, test)
-  probe_at = sorted({0, steps, *np.unique(np.geomspace(max(1, steps // 50), steps,
-                                                       max(1, probes - 1)).astype(int))})
-  writer = metrics.MetricsWriter(workdir)
-  (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2) + '\n')
-  tick, train_s, curve = time.perf_counter(), 0.0, []
-  with setup.activate():
-    for step in range(steps + 1):
-      if step in probe_at:
-        train_s += time.perf_counter() - tick
-        model = nnx.merge(setup.graphdef, state.params)
-        s, c = eval_fn(state.params, jnp.asarray(val_tokens))
-        record = {'val_loss': float(s / c), 'tv': probe(model, fit, test),
-                  'gate': models.gate_values(state.params)}
-        writer.write(step, record)
-        curve.append({'step': step, **record})
-        log(f'P={P} step {step}: val {record["val_loss"]:.4f}, TV '
-            + ', '.join(f'{k} {v:.3f}' for k, v in record['tv'].items()))
-        tick = time.perf_counter()
-      if step == steps:
-        break
-      state, m = step_fn(state, setup.global_batch(train_tokens[step * B:(step + 1) * B]))
-      if (step + 1) % config.log_every == 0:
-        writer.write(step + 1, {'loss': float(m['loss']), 'lr': float(setup.lr(step)),
-                                'gate': models.gate_values(state.params)})
-  train_s += time.perf_counter() - tick
-  writer.close()
-  result = {'key': key, 'P': P, 'steps': steps, 'tokens': steps * B * T, 'oracle_loss': oracle,
+  probe_at = sorted({0, steps, *map(int, np.geomspace(max(1, steps // 50), steps,
+                                                      max(1, probes - 1)).astype(int))})
+  curve = []
+  for step in probe_at:  # Train up to the probe step (a checkpoint), then probe that checkpoint.
+    train.train(config, str(workdir), devices=devices, stop_at_step=step, datasets=datasets)
+    restored = evaluate.restore(str(workdir), step, devices=devices)
+    setup = restored.setup
+    val = runtime.validation_loss(setup, setup.compile_eval_step(), restored.params,
+                                  datasets.validation, config.eval_batches)
+    with setup.activate():
+      record = {'val_loss': val['loss'], 'tv': probe(restored.model(), fit, test),
+                'gate': models.gate_values(restored.params)}
+    curve.append({'step': step, **record})
+    log(f'P={P} step {step}: val {record["val_loss"]:.4f}, TV '
+        + ', '.join(f'{k} {v:.3f}' for k, v in record['tv'].items()))
+  train_s, _ = common.train_seconds(common.read_metrics(workdir))
+  result = {'key': key, 'P': P, 'steps': steps, 'tokens': steps * B * T,
+            'oracle_loss': oracle_loss(source, seq_len=T, seed=seed, P=P),
             'baselines': base, 'curve': curve, 'train_s': train_s,
             'wall_s': time.perf_counter() - start}
   result_path.write_text(json.dumps(result, indent=1) + '\n')
@@ -260,14 +263,14 @@ def conclusion(results: list[dict[str, Any]]) -> str:
   return ' '.join(out)
 
 
-def plot(results, root: pathlib.Path, out_dir: pathlib.Path) -> tuple[str, str]:
+def plot(results, out_dir: pathlib.Path) -> tuple[str, str]:
   layers = _layers(results)
   cmap = common.plt.get_cmap('viridis')
   fig, axes = common.new_figure(len(layers), 1, width=4.8, height=3.6)
   for li, layer in enumerate(layers):
     ax = axes[0][li]
     for i, r in enumerate(results):
-      recs = [m for m in common.read_metrics(root / f'P{r["P"]}') if 'tv' in m]
+      recs = r['curve']
       x = [max(m['step'], 0.5) * r['tokens'] / r['steps'] for m in recs]
       color = cmap(i / max(1, len(results) - 1))
       ax.plot(x, [m['tv'][layer] for m in recs], marker='o', ms=3, color=color,
@@ -333,8 +336,8 @@ def write(results, *, source: ctmc.CTMCSource, root: pathlib.Path, out_dir: path
   lines.append(
       f'**Model and training.** Coupled arm, d_model={m.d_model}, {m.num_layers} layers (slow path '
       f'in every layer), T={m.seq_len}, batch {cfg.batch_size}, {results[0]["steps"]} steps = '
-      f'{results[0]["tokens"]:,} tokens per P, AdamW lr {cfg.optim.lr:g} (the `fastslow_jax.train` '
-      'step, fed from the CTMC source by this experiment\'s own loop).\n')
+      f'{results[0]["tokens"]:,} tokens per P, AdamW lr {cfg.optim.lr:g} (`fastslow_jax.train` on '
+      'fresh CTMC windows read in order, stopped with a checkpoint at every probe step).\n')
   lines.append(
       f'**Probe.** At each probe step, phi_theta(SlowAttn(Pool(x))) at every complete block j of '
       f'{probe_windows} held-out windows (per slow layer) is mapped to a distribution over the V '
@@ -395,7 +398,7 @@ def write(results, *, source: ctmc.CTMCSource, root: pathlib.Path, out_dir: path
   lines.append(common.markdown_table(header, rows))
   lines.append('All entries but the last two are mean TV distances to p_st on held-out blocks '
                '(lower is better).\n')
-  steps_png, p_png = plot(results, root, out_dir)
+  steps_png, p_png = plot(results, out_dir)
   lines.append('## Plots\n')
   lines.append(f'![TV vs training]({steps_png})\n')
   lines.append(f'![TV vs P]({p_png})\n')
@@ -404,7 +407,7 @@ def write(results, *, source: ctmc.CTMCSource, root: pathlib.Path, out_dir: path
           for r in results for c in r['curve']]
   lines.append(common.markdown_table(['P', 'step', 'val loss'] + [f'TV {k}' for k in layers],
                                      rows))
-  lines.append(f'Run directories (metrics.jsonl with the probe records): `{common.display_path(root)}`.\n')
+  lines.append(f'Run directories (checkpoints at the probe steps, metrics.jsonl): `{common.display_path(root)}`.\n')
   return common.write_report(out_dir, '\n'.join(lines),
                              [{k: v for k, v in r.items() if k != 'key'} for r in results])
 

@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from experiments import common, paper_500k
+from experiments import common
 from fastslow_jax import data, models
 
 DEFAULT_PS = (4, 8, 16, 32, 64)
@@ -65,7 +65,7 @@ def summarise(results: list[dict[str, Any]], Ps: Sequence[int],
         'val': val, 'val_mean': val_mean, 'val_std': val_std,
         'vs_dense': common.compare(val, dense_val) if dense_val else None,
         'gate': {k: float(np.mean([r['gate'][k] for r in rs])) for k in rs[0]['gate']},
-        'share': float(np.mean([paper_500k.max_share(r) for r in rs])),
+        'share': float(np.mean([common.max_share(r) for r in rs])),
         'step_s': step_s, 'rel_step': step_s / dense_step if dense else math.nan,
         'run_step_s': float(np.mean([r['step_s'] for r in rs])),
         'slow_flop_share': flops.slow / flops.total,
@@ -178,7 +178,7 @@ def write(results, *, Ps, root: pathlib.Path, out_dir: pathlib.Path, command: st
           timing_note: str = '') -> pathlib.Path:
   out_dir.mkdir(parents=True, exist_ok=True)
   s = summarise(results, Ps, timing)
-  optimum = paper_500k.bayes_optimum(results[0])
+  optimum = common.bayes_optimum(results[0])
   first = common.ml_collections.ConfigDict(results[0]['config'])
   m = first.model
   total = sum(r['wall_s'] for r in results)
@@ -226,13 +226,9 @@ def write(results, *, Ps, root: pathlib.Path, out_dir: pathlib.Path, command: st
   lines.append('## Plots\n')
   lines.append(f'![quality vs P]({quality})\n')
   lines.append(f'![step time vs P]({timing})\n')
-  lines.append('## Runs\n')
-  lines.append(paper_500k.runs_table(results))
-  lines.append(f'Run directories: `{common.display_path(root)}`.\n')
+  lines.append(common.runs_section(results, root))
   return common.write_report(out_dir, '\n'.join(lines),
-                             {'summary': s, 'optimum': optimum,
-                              'runs': [{k: v for k, v in r.items() if k != 'config'}
-                                       for r in results]})
+                             {'summary': s, 'optimum': optimum, 'runs': common.without_configs(results)})
 
 
 def run(*, name: str = 'p_sweep', data_spec: str = 'synthetic', Ps: Sequence[int] = DEFAULT_PS,

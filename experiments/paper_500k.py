@@ -49,41 +49,14 @@ def build_runs(*, data_specs: Sequence[str], arms: Sequence[str], seeds: Sequenc
   return runs
 
 
-def bayes_optimum(result: dict[str, Any]) -> float | None:
-  """The Bayes-optimal validation loss over the windows a synthetic run was scored on."""
-  cfg = common.ml_collections.ConfigDict(result['config'])
-  if cfg.data.kind != 'synthetic':
-    return None
-  windows = min(cfg.eval_batches, cfg.data.num_val_windows // cfg.batch_size) * cfg.batch_size
-  return data.bayes_optimal_ce(cfg.data, seq_len=cfg.model.seq_len, num_windows=windows)
-
-
-def max_share(result: dict[str, Any], step: str | None = None) -> float:
-  """Largest slow share over layers at checkpoint `step` (default the last)."""
-  shares = result.get('share') or {}
-  if not shares:
-    return math.nan
-  step = step or max(shares, key=int)
-  return max(shares[step].values())
-
-
 def first_open_step(results: list[dict[str, Any]]) -> int | None:
   """The first checkpoint step where the seed-mean largest slow share reaches OPEN_SHARE."""
   steps = sorted({int(s) for r in results for s in r.get('share', {})})
   for step in steps:
-    values = [max_share(r, str(step)) for r in results if str(step) in r.get('share', {})]
+    values = [common.max_share(r, str(step)) for r in results if str(step) in r.get('share', {})]
     if values and np.mean(values) >= common.OPEN_SHARE:
       return step
   return None
-
-
-def runs_table(results: list[dict[str, Any]]) -> str:
-  """A Markdown row per run: final validation loss, gates, slow share, step time, wall time."""
-  rows = [[r['name'], common.fmt(r['val_loss']),
-           ', '.join(f'{v:+.3f}' for v in r['gate'].values()) or '—',
-           common.fmt(max_share(r), 3) if r['share'] else '—', f'{r["step_s"] * 1e3:.0f} ms',
-           common.fmt_seconds(r['wall_s'])] for r in results]
-  return common.markdown_table(['run', 'val loss', 'gate', 'slow share', 'step', 'wall'], rows)
 
 
 # --------------------------------------------------------------------------- plots
@@ -150,7 +123,7 @@ def plot_val(results, root: pathlib.Path, out_dir: pathlib.Path, groups, optima)
   fig, axes = common.new_figure(len(groups), 1, width=4.8, height=3.4)
   for gi, group in enumerate(groups):
     ax = axes[0][gi]
-    for arm in common.ARMS:
+    for arm in models.ARMS:
       runs = [r for r in results if r['group'] == group and r['arm'] == arm]
       if not runs:
         continue
@@ -204,7 +177,7 @@ def summarise(results: list[dict[str, Any]], groups: Sequence[str],
       arms[arm] = {
           'n': len(rs), 'val_mean': mean, 'val_std': std,
           'gate': {k: float(np.mean(v)) for k, v in sorted(gates.items())},
-          'share': float(np.mean([max_share(r) for r in rs])) if rs[0]['share'] else math.nan,
+          'share': float(np.mean([common.max_share(r) for r in rs])) if rs[0]['share'] else math.nan,
           'abs_gate': {k: float(np.mean(np.abs(v))) for k, v in sorted(gates.items())},
           'phi_gain': _phi_gain(rs),
           'step_s': float(step_s[arm]), 'wall_s': float(np.mean([r['wall_s'] for r in rs])),
@@ -300,7 +273,7 @@ def write(results, *, root: pathlib.Path, out_dir: pathlib.Path, command: str, t
   out_dir.mkdir(parents=True, exist_ok=True)
   groups = list(dict.fromkeys(r['group'] for r in results))
   summary = summarise(results, groups, timing)
-  optima = {g: bayes_optimum(next(r for r in results if r['group'] == g)) for g in groups}
+  optima = {g: common.bayes_optimum(next(r for r in results if r['group'] == g)) for g in groups}
   first = common.ml_collections.ConfigDict(results[0]['config'])
   m = first.model
   m.vocab_size = data.vocab_size(first.data)
@@ -353,7 +326,7 @@ def write(results, *, root: pathlib.Path, out_dir: pathlib.Path, command: str, t
     header += ['final gate per layer', 'slow share (max layer)', 'step time (benchmark)',
                'vs dense', 'step time (in runs)', 'vs dense', 'wall per run']
     rows = []
-    for arm in common.ARMS:
+    for arm in models.ARMS:
       if arm not in s['arms']:
         continue
       a = s['arms'][arm]
@@ -383,17 +356,13 @@ def write(results, *, root: pathlib.Path, out_dir: pathlib.Path, command: str, t
   if any(r['arm'] in ('coupled', 'slow_frozen') for r in results):
     lines.append(f'![gate per layer]({plot_gates(results, root, out_dir, groups)})\n')
     lines.append(f'![slow share]({plot_shares(results, out_dir, groups)})\n')
-  lines.append('## Runs\n')
-  lines.append(runs_table(results))
-  lines.append(f'Run directories (metrics.jsonl, config.json, checkpoints): `{common.display_path(root)}`.\n')
+  lines.append(common.runs_section(results, root))
   return common.write_report(out_dir, '\n'.join(lines),
-                             {'summary': summary, 'optima': optima,
-                              'runs': [{k: v for k, v in r.items() if k != 'config'}
-                                       for r in results]})
+                             {'summary': summary, 'optima': optima, 'runs': common.without_configs(results)})
 
 
 def run(*, name: str = 'paper_500k', data_specs: Sequence[str] = ('synthetic', str(common.DEFAULT_TEXT)),
-        arms: Sequence[str] = common.ARMS, seeds: Sequence[int] = (0, 1, 2),
+        arms: Sequence[str] = models.ARMS, seeds: Sequence[int] = (0, 1, 2),
         tokens: int = 500_000, size: str = 'cpu', P: int = 16, checkpoints: int = 5,
         evals: int = 5, timing_rounds: int = 20, timing_steps: int = 3, overrides: dict[str, Any] | None = None, workdir_root: str | None = None,
         out_dir: str | None = None, command: str = '', devices=None,
@@ -438,7 +407,7 @@ def define_flags():
   flags.DEFINE_list('data', ['synthetic', str(pathlib.Path('..') / 'shared' / 'data' /
                                               'tinyshakespeare.txt')],
                     "Data sources: 'synthetic' and/or text files (one source per entry).")
-  flags.DEFINE_list('arms', list(common.ARMS), 'Arms of the grid.')
+  flags.DEFINE_list('arms', list(models.ARMS), 'Arms of the grid.')
   flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds (init and data order) per arm.')
   flags.DEFINE_integer('P', 16, 'Pooling period of the slow path.')
   flags.DEFINE_integer('checkpoints', 5, 'Checkpoints per run (slow-share trajectory points).')

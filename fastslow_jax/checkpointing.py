@@ -1,6 +1,6 @@
 """Orbax checkpoints of a training run: params, optimizer state, step and data-iterator state.
 
-Layout: WORKDIR/checkpoints/<step>/{params, opt_state, step, data}. Training restores everything
+Layout: <run dir>/checkpoints/<step>/{params, opt_state, step, data} (`rundir.RunDir`). Training restores everything
 with abstract targets that carry the current shardings; evaluation restores `params` alone, onto
 whatever mesh it runs on.
 """
@@ -16,7 +16,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
-CHECKPOINT_DIR = 'checkpoints'
+from fastslow_jax.rundir import RunDir
 
 
 def manager(workdir: str | os.PathLike, *, save_every: int = 1, keep: int | None = None,
@@ -25,10 +25,7 @@ def manager(workdir: str | os.PathLike, *, save_every: int = 1, keep: int | None
   options = ocp.CheckpointManagerOptions(
       save_interval_steps=save_every, max_to_keep=keep, create=not read_only,
       enable_async_checkpointing=not read_only, read_only=read_only)
-  workdir = os.fspath(workdir)
-  if '://' not in workdir:  # Orbax needs absolute local paths (gs:// and the like are).
-    workdir = os.path.abspath(workdir)
-  return ocp.CheckpointManager(os.path.join(workdir, CHECKPOINT_DIR), options=options)
+  return ocp.CheckpointManager(RunDir(workdir).checkpoints, options=options)
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state, data_iterator, *, batch_size: int,

@@ -8,12 +8,22 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import logging
 import sys
 from collections.abc import Callable
 
 from absl import app, flags
+from absl import logging as absl_logging
 
-from fastslow_jax import distributed, metrics
+from fastslow_jax import configlib, distributed
+
+
+def quiet_library_logs(prefixes=('orbax', 'grain', 'tensorstore', 'jax')) -> None:
+  """Keeps checkpointing and data libraries' INFO chatter out of the log (warnings stay)."""
+  def keep(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.WARNING or not any(
+        f'/{p}/' in record.pathname for p in prefixes)
+  absl_logging.get_absl_handler().addFilter(keep)
 
 
 def error(e: Exception, status: int = 2):
@@ -22,10 +32,22 @@ def error(e: Exception, status: int = 2):
   sys.exit(status)
 
 
+def _resolve_config_flag(argv: list[str]) -> list[str]:
+  """`--config=fastslow:...` (a packaged config) becomes its file path; a missing file is an
+  error before absl tries to import it."""
+  out = list(argv)
+  for i, arg in enumerate(out):
+    if arg.startswith('--config='):
+      out[i] = '--config=' + configlib.resolve(arg.removeprefix('--config='))
+    elif arg == '--config' and i + 1 < len(out):
+      out[i + 1] = configlib.resolve(out[i + 1])
+  return out
+
+
 def parse_flags(argv):
   """absl flag parsing whose errors (including a bad --config) are one line and exit 2."""
   try:
-    return flags.FLAGS(argv)
+    return flags.FLAGS(_resolve_config_flag(argv))
   except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
     text = str(e).strip()
     if text[:1] in '\'"':  # KeyError-style messages arrive quoted and escaped.
@@ -48,7 +70,7 @@ def run(main: Callable[[], None], define_flags: Callable[[], None]) -> None:
 
   def wrapped(argv):
     del argv
-    metrics.quiet_library_logs()
+    quiet_library_logs()
     distributed.initialize_from_flags()
     try:
       main()

@@ -1,10 +1,17 @@
-"""Helpers for ml_collections configs: `file.py:arg` parsing and loading outside absl flags."""
+"""Helpers for ml_collections configs: naming, argument parsing and loading outside absl flags.
+
+A config is named by a path, `path/to/file.py[:arg]`, or by the name of a config that ships with
+the package, `fastslow[:arg]` (fastslow_jax/configs/fastslow.py). Imports no jax.
+"""
 
 from __future__ import annotations
 
 import importlib.util
+import os
 import pathlib
 from typing import Any
+
+PACKAGED_CONFIGS = pathlib.Path(__file__).resolve().parent / 'configs'
 
 import ml_collections
 
@@ -29,12 +36,34 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
   return out
 
 
+def packaged_names() -> list[str]:
+  return sorted(p.stem for p in PACKAGED_CONFIGS.glob('*.py') if p.stem not in ('__init__', 'common'))
+
+
+def resolve(spec: str) -> str:
+  """'fastslow:arg' -> '<package>/configs/fastslow.py:arg'; a path spec is checked and kept.
+
+  Raises a one-line ValueError for a missing file or an unknown packaged name.
+  """
+  path, sep, arg = str(spec).partition(':')
+  if not path.endswith('.py') and os.sep not in path and '/' not in path:
+    if path not in packaged_names():
+      raise ValueError(f'--config={spec!r} names no config: use a packaged config '
+                       f'({", ".join(packaged_names())}) or a path to a .py file.')
+    return f'{PACKAGED_CONFIGS / path}.py{sep}{arg}'
+  if not os.path.isfile(path):
+    raise ValueError(f'--config file {path!r} does not exist: give the path of a config file '
+                     f'(e.g. configs/fastslow.py) or a packaged name ({", ".join(packaged_names())}).')
+  return spec
+
+
 def load(spec: str, overrides: dict[str, Any] | None = None) -> ml_collections.ConfigDict:
-  """Loads 'path/to/config.py[:arg]' like `--config=` does, then applies dotted overrides.
+  """Loads 'path/to/config.py[:arg]' or 'name[:arg]' like `--config=` does, then applies dotted
+  overrides.
 
   `overrides={'model.P': 8}` is the same as `--config.model.P=8`; unknown fields fail.
   """
-  path, _, arg = spec.partition(':')
+  path, _, arg = resolve(spec).partition(':')
   module_spec = importlib.util.spec_from_file_location(pathlib.Path(path).stem, path)
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)

@@ -11,7 +11,6 @@ r"""The quick start: the model zoo at a glance, then train -> checkpoint -> eval
 from __future__ import annotations
 
 import datetime
-import pathlib
 import time
 
 import jax
@@ -23,7 +22,6 @@ from fastslow_jax import configlib, evaluate, models, train
 
 _STEPS = flags.DEFINE_integer('steps', 600, 'Training steps for the tiny coupled model.')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (default: a new one in runs/).')
-CONFIG = pathlib.Path(__file__).resolve().parents[1] / 'configs' / 'fastslow.py'
 
 
 def zoo_table(vocab_size: int = 64) -> str:
@@ -31,7 +29,7 @@ def zoo_table(vocab_size: int = 64) -> str:
   lines = [f'{"arm":<12} {"params":>9} {"trainable":>9} {"train GFLOP/tok":>15} '
            f'{"(slow share)":>12} {"forward":>16}']
   for arm in models.ARMS:
-    config = configlib.load(f'{CONFIG}:arm={arm},size=tiny')
+    config = configlib.load(f'fastslow:arm={arm},size=tiny')
     config.model.vocab_size = vocab_size
     cfg = models.ModelConfig.from_mapping(config.model)
     model = models.build(cfg, rngs=0)
@@ -52,7 +50,7 @@ def main(argv):
   print(zoo_table(), '\n')
 
   workdir = _WORKDIR.value or f'runs/demo-{datetime.datetime.now():%Y%m%d-%H%M%S}'
-  config = configlib.load(f'{CONFIG}:arm=coupled,size=tiny', {
+  config = configlib.load('fastslow:arm=coupled,size=tiny', {
       'total_steps': _STEPS.value, 'eval_every': max(_STEPS.value // 4, 1),
       'checkpoint_every': max(_STEPS.value // 4, 1), 'log_every': 25,
   })

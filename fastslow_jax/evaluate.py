@@ -10,68 +10,98 @@ optimum (synthetic source) and the gate value per layer.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from typing import Any
 
 import jax
-from etils import epath
-import ml_collections
 from absl import flags, logging
+from flax import nnx
 
-from fastslow_jax import checkpointing, cli, data, models, train
+from fastslow_jax import checkpointing, cli, data, models, runtime
+from fastslow_jax.rundir import RunDir
 
-def load_config(workdir: str | epath.Path) -> ml_collections.ConfigDict:
-  """The resolved config a training run wrote to its workdir."""
-  path = epath.Path(workdir) / train.CONFIG_FILE
-  if not path.exists():
-    raise ValueError(f'{path} not found: --workdir must be a directory written by '
-                     'fastslow_jax.train.')
-  return ml_collections.ConfigDict(json.loads(path.read_text()))
+
+@dataclasses.dataclass
+class Restored:
+  """A run's parameters at one checkpoint, laid out on a mesh of the local devices."""
+  setup: runtime.ModelSetup
+  step: int
+  params: nnx.State
+
+  @property
+  def config(self):
+    return self.setup.config
+
+  def model(self) -> models.Decoder:
+    return self.setup.model(self.params)
+
+
+def checkpoint_steps(workdir: str) -> list[int]:
+  """The steps of the run's committed checkpoints, oldest first."""
+  mngr = checkpointing.manager(workdir, read_only=True)
+  try:
+    return sorted(mngr.all_steps())
+  finally:
+    mngr.close()
+
+
+def restore(workdir: str, step: int | None = None, *, mesh: str = '1,-1,1',
+            devices=None) -> Restored:
+  """The parameters alone (no optimizer state) of the checkpoint at `step` (default latest),
+  onto a `mesh` ('data,fsdp,tensor') over `devices` (default all). Evaluation, decoding and the
+  experiments' analyses all restore through here."""
+  config = RunDir(workdir).read_config()
+  config.mesh.data, config.mesh.fsdp, config.mesh.tensor = (int(s) for s in mesh.split(','))
+  config.mesh.dcn_data = 1  # The local devices are laid out afresh.
+  setup = runtime.ModelSetup(config, devices)
+  mngr = checkpointing.manager(workdir, read_only=True)
+  try:
+    step = mngr.latest_step() if step is None else step
+    if step is None or step not in mngr.all_steps():
+      raise ValueError(f'no checkpoint at step {step} in {workdir} (have {list(mngr.all_steps())}'
+                       '): pass an existing --step or train first.')
+    with setup.activate():
+      try:
+        params = checkpointing.restore_params(mngr, step, setup.abstract_params())
+      except Exception as e:  # Orbax raises many types for missing / truncated files.
+        raise ValueError(f'checkpoint {step} in {workdir} cannot be read, it is damaged '
+                         f'({type(e).__name__}): evaluate another --step '
+                         f'({sorted(mngr.all_steps())}) or retrain.') from e
+  finally:
+    mngr.close()
+  return Restored(setup=setup, step=int(step), params=params)
 
 
 def evaluate(workdir: str, *, step: int | None = None, split: str = 'validation',
-             num_batches: int | None = None, mesh: str = '1,-1,1',
-             devices=None) -> dict[str, Any]:
-  """Evaluates the checkpoint at `step` (default latest) of `workdir`; returns the results."""
-  config = load_config(workdir)
-  config.mesh.data, config.mesh.fsdp, config.mesh.tensor = (int(s) for s in mesh.split(','))
-  config.mesh.dcn_data = 1  # Evaluation lays the local devices out afresh.
-  setup = train.Setup(config, devices)
-  mngr = checkpointing.manager(workdir, read_only=True)
-  step = mngr.latest_step() if step is None else step
-  if step is None or step not in mngr.all_steps():
-    raise ValueError(f'no checkpoint at step {step} in {workdir} (have {list(mngr.all_steps())}): '
-                     'pass an existing --step or train first.')
-  abstract = setup.abstract_state_with_sharding().params
-  with setup.activate():
-    try:
-      params = checkpointing.restore_params(mngr, step, abstract)
-    except Exception as e:  # Orbax raises many types for missing / truncated files.
-      raise ValueError(f'checkpoint {step} in {workdir} cannot be read, it is damaged '
-                       f'({type(e).__name__}): evaluate another --step '
-                       f'({sorted(mngr.all_steps())}) or retrain.') from e
-  mngr.close()
-
-  dataset = data.make_dataset(config.data, seq_len=config.model.seq_len, split=split)
-  result = train.validation_loss(setup, setup.compile_eval_step(), params, dataset,
-                                 num_batches or config.eval_batches)
+             num_batches: int | None = None, mesh: str = '1,-1,1', devices=None,
+             dataset=None) -> dict[str, Any]:
+  """Evaluates the checkpoint at `step` (default latest) of `workdir`; returns the results and
+  writes them to the run directory. `dataset` replaces the split of the run's configured data."""
+  restored = restore(workdir, step, mesh=mesh, devices=devices)
+  config, step = restored.config, restored.step
+  configured = dataset is None
+  if configured:
+    dataset = data.make_dataset(config.data, seq_len=config.model.seq_len, split=split)
+  setup = restored.setup
+  result = runtime.validation_loss(setup, setup.compile_eval_step(), restored.params, dataset,
+                                   num_batches or config.eval_batches)
   loss = result['loss']
   unit = dataset.bits_per_token_unit
   out = {
-      'step': int(step), 'split': split, 'arm': config.model.arm, 'P': config.model.P,
+      'step': step, 'split': split, 'arm': config.model.arm, 'P': config.model.P,
       'loss': loss, 'perplexity': math.exp(min(loss, 700.0)),
       f'bits_per_{unit}': loss / math.log(2), 'tokens': int(result['tokens']),
-      'gate': models.gate_values(params),
+      'gate': models.gate_values(restored.params),
   }
-  if config.data.kind == 'synthetic':
+  if configured and config.data.kind == 'synthetic':
     optimum = data.bayes_optimal_ce(config.data, seq_len=config.model.seq_len,
                                     num_windows=result['windows'], split=split)
     out['bayes_optimal_loss'] = optimum
     out['gap_to_optimum'] = loss - optimum
   if jax.process_index() == 0:
-    path = epath.Path(workdir) / f'eval_{split}_{step}.json'
-    path.write_text(json.dumps(out, indent=2) + '\n')
+    RunDir(workdir).eval_result(split, step).write_text(json.dumps(out, indent=2) + '\n')
   return out
 
 

@@ -6,16 +6,16 @@ Only process 0 writes; every other process gets a writer that does nothing.
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 import sys
 from typing import Any
 
 import jax
-from etils import epath
 import tqdm
-from absl import logging as absl_logging
+from etils import epath
+
+from fastslow_jax.rundir import RunDir
 
 # Dense bf16 peak FLOP/s per chip (vendor figures; no sparsity).
 PEAK_FLOPS = {
@@ -41,14 +41,6 @@ def peak_flops(device: jax.Device | None = None) -> float | None:
   return None
 
 
-def quiet_library_logs(prefixes=('orbax', 'grain', 'tensorstore', 'jax')) -> None:
-  """Keeps checkpointing and data libraries' INFO chatter out of the log (warnings stay)."""
-  def keep(record: logging.LogRecord) -> bool:
-    return record.levelno >= logging.WARNING or not any(
-        f'/{p}/' in record.pathname for p in prefixes)
-  absl_logging.get_absl_handler().addFilter(keep)
-
-
 def interactive() -> bool:
   """Progress bars only for a person at a terminal: not under CI, not when output is piped."""
   return sys.stderr.isatty() and not os.environ.get('CI')
@@ -58,9 +50,6 @@ def progress(total: int, initial: int = 0, desc: str = 'train') -> tqdm.tqdm:
   """A progress bar with ETA; silent unless interactive and on process 0."""
   return tqdm.tqdm(total=total, initial=initial, desc=desc, unit='step', dynamic_ncols=True,
                    disable=not interactive() or jax.process_index() != 0)
-
-
-METRICS_FILE = 'metrics.jsonl'
 
 
 def truncate_jsonl(path: str | os.PathLike, after_step: int) -> None:
@@ -75,19 +64,20 @@ def truncate_jsonl(path: str | os.PathLike, after_step: int) -> None:
 
 
 class MetricsWriter:
-  """Appends one JSON object per call to DIR/metrics.jsonl and mirrors scalars to TensorBoard."""
+  """Appends one JSON object per call to the run's metrics.jsonl and mirrors scalars to
+  TensorBoard (`RunDir.metrics`, `RunDir.tensorboard`)."""
 
-  def __init__(self, workdir: str | os.PathLike, *, filename: str = METRICS_FILE):
+  def __init__(self, run: RunDir):
     self.enabled = jax.process_index() == 0
-    self._path = epath.Path(workdir) / filename
+    self._path = run.metrics
     self._tb = None
-    self._remote = '://' in str(workdir)  # gs://, s3://: written through etils.epath.
+    self._remote = '://' in str(run.path)  # gs://, s3://: written through etils.epath.
     self._lines = [line + '\n' for line in self._path.read_text().splitlines()] if (
         self._remote and self.enabled and self._path.exists()) else []
     if self.enabled:
       from tensorboardX import SummaryWriter  # Pure-Python event files; no TensorFlow needed.
       self._path.parent.mkdir(parents=True, exist_ok=True)
-      self._tb = SummaryWriter(str(epath.Path(workdir) / 'tensorboard'))
+      self._tb = SummaryWriter(str(run.tensorboard))
 
   def write(self, step: int, metrics: dict[str, Any]) -> None:
     if not self.enabled:

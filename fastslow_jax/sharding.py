@@ -2,7 +2,8 @@
 
 The mesh has three axes: `data` (pure data parallel), `fsdp` (data parallel with parameters and
 optimizer state sharded) and `tensor` (tensor parallel). Model code only names logical axes; the
-rules in the config decide where each goes, MaxText style:
+rules in the config (`config.sharding_rules`, default `configs.common.SHARDING_RULES`) decide
+where each goes, MaxText style:
 
     ('batch', ('data', 'fsdp')), ('embed', 'fsdp'), ('heads', 'tensor'), ('mlp', 'tensor'), ...
 """
@@ -15,23 +16,12 @@ from collections.abc import Sequence
 import jax
 from flax import nnx
 from jax.experimental import mesh_utils
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ('data', 'fsdp', 'tensor')
 LOGICAL_AXES = ('batch', 'length', 'vocab', 'embed', 'heads', 'kv', 'mlp', 'norm')
 
 Rules = tuple[tuple[str, str | tuple[str, ...] | None], ...]
-
-DEFAULT_RULES: Rules = (
-    ('batch', ('data', 'fsdp')),
-    ('length', None),
-    ('vocab', 'tensor'),
-    ('embed', 'fsdp'),
-    ('heads', 'tensor'),
-    ('kv', None),
-    ('mlp', 'tensor'),
-    ('norm', None),
-)
 
 
 def mesh_shape(sizes: dict[str, int], num_devices: int) -> tuple[int, ...]:
@@ -102,8 +92,8 @@ def logical_shardings(tree, mesh: Mesh, rules: Rules):
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
   """Sharding of a [batch, ...] array: batch split over (data, fsdp)."""
-  return NamedSharding(mesh, P(('data', 'fsdp')))
+  return NamedSharding(mesh, PartitionSpec(('data', 'fsdp')))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
-  return NamedSharding(mesh, P())
+  return NamedSharding(mesh, PartitionSpec())

@@ -171,10 +171,10 @@ def main(argv) -> None:
     print(f'skipped: compiling for TPU {kind}:{shape} needs libtpu, which is not installed here '
           "(pip install 'jax[tpu]' on Linux).")
     return
-  from fastslow_jax import train
+  from fastslow_jax import runtime
 
-  config = train.resolve_config(_CONFIG.value, num_devices=len(devices))
-  setup = train.Setup(config, devices)
+  config = runtime.resolve_config(_CONFIG.value, num_devices=len(devices))
+  setup = runtime.TrainSetup(config, devices)
   start = time.perf_counter()
   try:
     compiled = setup.compile_train_step(config.batch_size)

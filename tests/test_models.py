@@ -153,7 +153,7 @@ def test_slow_path_reads_only_complete_blocks():
   slow = model.blocks[0].slow
   T = 19  # Not a multiple of P: inference-time pooling with a trailing incomplete block.
   x = jax.random.normal(jax.random.key(1), (1, T, cfg.d_model))
-  fn = lambda x: models.broadcast_completed_blocks(slow(x), cfg.P, T)[0]
+  fn = lambda x: slow(x)[0][0]  # The per-token output: broadcast included.
   jac = np.asarray(jax.jit(jax.jacrev(fn))(x))[:, :, 0]  # [T_out, D, T_in, D]
   for t in range(T):
     visible = ((t + 1) // cfg.P) * cfg.P
@@ -163,6 +163,27 @@ def test_slow_path_reads_only_complete_blocks():
       assert np.all(per_input[:visible] > 0), (t, per_input)
     else:
       np.testing.assert_array_equal(per_input, 0.0)
+
+
+def test_forward_reports_the_parts_that_make_each_block():
+  """The parts a block reports are the ones it adds: the residual after attention is h + fast +
+  gated, gated is g * Broadcast(phi), phi is phi_theta(SlowAttn(Pool(...))) per block."""
+  cfg = tiny(P=4, gate='channel', slow_layers='1')
+  model = models.build(cfg, rngs=3)
+  set_gates(model, 0.5)
+  tokens = random_tokens(2, (2, cfg.seq_len))
+  logits, parts = model.forward(tokens)
+  np.testing.assert_array_equal(logits, model(tokens))
+  assert set(parts[0]) == {'fast'}
+  assert set(parts[1]) == {'fast', 'gated', 'pooled', 'y', 'phi'}
+  assert parts[1]['phi'].shape == (2, cfg.seq_len // cfg.P, cfg.d_model)
+  expected = 0.5 * models.broadcast_completed_blocks(parts[1]['phi'], cfg.P, cfg.seq_len)
+  np.testing.assert_allclose(parts[1]['gated'], expected, rtol=1e-6)
+  h = model.embed(tokens)
+  for block, block_parts in zip(model.blocks, parts):
+    h_mid = h + block_parts['fast'] + block_parts.get('gated', 0.0)
+    h, _ = block(h)
+    np.testing.assert_allclose(h, h_mid + block.mlp(block.mlp_norm(h_mid)), rtol=1e-5, atol=1e-6)
 
 
 # =========================================================================== causality / leak
@@ -240,13 +261,6 @@ def test_leak_check_catches_known_bugs(monkeypatch, leaky):
     _assert_prefix_invariant(forward_fn(model, fresh=True), cfg.P, LEAK_T, seed=1)
 
 
-def _embeddings_to_logits(model: models.Decoder, h: jax.Array) -> jax.Array:
-  """Decoder.__call__ from the embedding output on (tied head)."""
-  for block in model.blocks:
-    h = block(h)
-  return model.embed.attend(model.final_norm(h))
-
-
 @jax.jit(static_argnums=0)
 def _logit_jacobian(graphdef, params, tokens, u):
   """(d <logits[0, t], u> / d h[0, s, d] as [T, T, D], logits via the embeddings path).
@@ -256,7 +270,7 @@ def _logit_jacobian(graphdef, params, tokens, u):
   """
   model = nnx.merge(graphdef, params)
   h = model.embed(tokens)
-  fn = lambda h: _embeddings_to_logits(model, h)[0]
+  fn = lambda h: model.forward_embeddings(h)[0][0]
   return jax.jacrev(lambda h: fn(h) @ u)(h)[:, 0], fn(h)
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from fastslow_jax import configlib, evaluate, metrics, train
+from fastslow_jax import configlib, evaluate, metrics, runtime, train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / 'configs' / 'fastslow.py')
@@ -59,7 +59,7 @@ def test_sharded_training_matches_one_device(mesh, single_device_run, tmp_path):
 
 def test_parameters_are_sharded():
   config = tiny_config(**{'mesh.data': 2, 'mesh.fsdp': 2, 'mesh.tensor': 2})
-  setup = train.Setup(train.resolve_config(config))
+  setup = runtime.TrainSetup(runtime.resolve_config(config))
   state = setup.init_state()
   wq = state.params['blocks'][0]['fast']['wq'][...]  # [embed, heads, kv] -> (fsdp, tensor, -)
   assert wq.sharding.spec == jax.sharding.PartitionSpec('fsdp', 'tensor', None)
@@ -102,8 +102,8 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path):
 
 @pytest.mark.parametrize('arm,frozen', [('slow_frozen', 'slow'), ('gate_frozen', 'gate')])
 def test_frozen_arms_hold_their_parameters(arm, frozen):
-  config = train.resolve_config(tiny_config(arm))
-  setup = train.Setup(config)
+  config = runtime.resolve_config(tiny_config(arm))
+  setup = runtime.TrainSetup(config)
   state = setup.init_state()
   before = {p: np.asarray(v) for p, v in nnx.to_flat_state(state.params)}
   step = setup.compile_train_step(config.batch_size)

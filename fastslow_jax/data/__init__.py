@@ -10,7 +10,7 @@ global order (a seeded shuffle, reshuffled each epoch) such that batch k of all 
 is global batch k whatever the process count; the iterator state ({'next_index': n}) goes into the
 checkpoint through `grain.checkpoint.CheckpointSave`.
 
-Sources (`config.data.kind`, fields in `config.py`):
+Sources (`config.data.kind`, fields in `fastslow_jax/configs/common.py`):
   synthetic  a hidden slow regime driving first-order Markov chains (`synthetic.py`); vocabulary
              `data.vocab_size`; `bayes_optimal_ce` gives the exact optimum. Unit: 'token'.
   text       local files, UTF-8 bytes + END_OF_DOCUMENT (vocabulary 257; `text.py`). Unit: 'byte'.
@@ -23,9 +23,10 @@ import grain
 import ml_collections
 import numpy as np
 
+from fastslow_jax.configs.common import default_data_config
 from fastslow_jax.data import synthetic, text
-from fastslow_jax.data.config import KINDS, default_data_config
 
+KINDS = ('synthetic', 'text', 'tfds')
 SPLITS = ('train', 'validation')
 
 

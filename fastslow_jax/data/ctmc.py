@@ -101,9 +101,6 @@ class CTMCSource:
       x[:, t] = np.minimum((u[:, t:t + 1] > cum).sum(-1), self.V - 1)
     return x, level
 
-  def y_of(self, level: np.ndarray) -> np.ndarray:
-    return self.grid[level]
-
   def oracle_log_probs(self, tokens: np.ndarray, level: np.ndarray) -> np.ndarray:
     """log p(x_t | x_{t-1}, y_t) [num, length-1]: the loss of a predictor told y (a lower bound
     on the Bayes-optimal loss, which must infer y from the tokens)."""

@@ -45,7 +45,11 @@ def broadcast_completed_blocks(y: Array, P: int, T: int) -> Array:
 
 
 class SlowPath(nnx.Module):
-  """phi_theta(SlowAttn(Pool(x))): a slow sub-system stepping once per P tokens."""
+  """Broadcast(phi_theta(SlowAttn(Pool(x)))): a slow sub-system stepping once per P tokens.
+
+  It owns P: pooling the tokens into blocks and broadcasting each complete block's output back to
+  the tokens that may read it both happen here.
+  """
 
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
     dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
@@ -55,11 +59,17 @@ class SlowPath(nnx.Module):
     self.phi = SwiGLU(cfg.d_model, cfg.phi_dim, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.P = cfg.P
 
-  def __call__(self, x: Array) -> Array:
-    """Normalised layer input [B, T, D] -> slow output per pooled block [B, ceil(T/P), D]."""
-    pooled = block_mean_pool(x, self.P)  # y_j = mean of the P tokens of block j.
+  def __call__(self, x: Array) -> tuple[Array, dict[str, Array]]:
+    """Normalised layer input [B, T, D] -> (slow output per token [B, T, D], its parts).
+
+    The parts, for analyses: `pooled` (Pool(x)), `y` (the slow states) and `phi` (phi_theta(y)),
+    each [B, ceil(T/P), D], one row per pooled block.
+    """
+    pooled = block_mean_pool(x, self.P)  # Block j: the mean of its P tokens.
     y = self.attn(pooled)  # Block-causal: block j attends to blocks <= j.
-    return self.phi(y)  # phi_theta(y): the slow state mapped back to the fast space.
+    phi = self.phi(y)  # phi_theta(y): the slow state mapped back to the fast space.
+    per_token = broadcast_completed_blocks(phi, self.P, x.shape[1])
+    return per_token, {'pooled': pooled, 'y': y, 'phi': phi}
 
 
 class Block(nnx.Module):
@@ -77,13 +87,22 @@ class Block(nnx.Module):
     if slow:
       shape, axes = ((), ()) if cfg.gate == 'scalar' else ((cfg.d_model,), ('norm',))
       self.gate = param(slow_rngs, nnx.initializers.zeros, shape, axes, param_dtype)
-    self.P = cfg.P
 
-  def __call__(self, h: Array) -> Array:
+  def __call__(self, h: Array) -> tuple[Array, dict[str, Array]]:
+    """Residual stream [B, T, D] -> (the block's output, its parts).
+
+    The parts report what analyses need without re-running the block: `fast` (FastAttn(x)) and,
+    in a slow layer, `gated` (g * Broadcast(phi_theta(...)), per token) plus the slow path's
+    `pooled`, `y` and `phi`. Under `jax.jit` the parts nobody reads cost nothing.
+    """
     x = self.attn_norm(h)
-    update = self.fast(x)
+    fast = self.fast(x)
+    parts = {'fast': fast}
+    update = fast
     if self.slow is not None:
-      g = self.gate[...].astype(update.dtype)
-      update = update + g * broadcast_completed_blocks(self.slow(x), self.P, h.shape[1])
+      slow, slow_parts = self.slow(x)
+      gated = self.gate[...].astype(fast.dtype) * slow
+      parts.update(slow_parts, gated=gated)
+      update = fast + gated
     h = constrain(h + update, ('batch', 'length', None))
-    return constrain(h + self.mlp(self.mlp_norm(h)), ('batch', 'length', None))
+    return constrain(h + self.mlp(self.mlp_norm(h)), ('batch', 'length', None)), parts

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 from flax.core import spmd as flax_spmd
-from jax.sharding import PartitionSpec as P
+from jax.sharding import PartitionSpec
 
 Array = jax.Array
 default_init = nnx.initializers.variance_scaling(1.0, 'fan_in', 'truncated_normal')
@@ -32,7 +32,8 @@ def constrain(x: Array, axes: tuple[str | None, ...]) -> Array:
   rules = flax_spmd.get_logical_axis_rules()
   if jax.sharding.get_abstract_mesh().empty or not rules:
     return x
-  return jax.lax.with_sharding_constraint(x, P(*flax_spmd.from_sharding_rules(axes, rules)))
+  spec = PartitionSpec(*flax_spmd.from_sharding_rules(axes, rules))
+  return jax.lax.with_sharding_constraint(x, spec)
 
 
 # --------------------------------------------------------------------------- attention backends

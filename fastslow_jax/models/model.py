@@ -36,12 +36,26 @@ class Decoder(nnx.Module):
         cfg.d_model, cfg.vocab_size, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
   def __call__(self, tokens: jax.Array) -> jax.Array:
-    h = constrain(self.embed(tokens), ('batch', 'length', None))
+    return self.forward(tokens)[0]
+
+  def forward(self, tokens: jax.Array) -> tuple[jax.Array, list[dict[str, jax.Array]]]:
+    """(logits [B, T, V] float32, per layer the parts of its block) for tokens [B, T].
+
+    The parts (`Block.__call__`) are what analyses read: the fast update and, in slow layers, the
+    pooled input, slow states, phi_theta's output and the gated per-token slow update.
+    """
+    return self.forward_embeddings(self.embed(tokens))
+
+  def forward_embeddings(self, h: jax.Array) -> tuple[jax.Array, list[dict[str, jax.Array]]]:
+    """`forward` from the token embeddings [B, T, D] on (for gradients with respect to them)."""
+    h = constrain(h, ('batch', 'length', None))
+    parts = []
     for block in self.blocks:
-      h = nnx.remat(Block.__call__)(block, h) if self.config.remat else block(h)
+      h, block_parts = nnx.remat(Block.__call__)(block, h) if self.config.remat else block(h)
+      parts.append(block_parts)
     h = self.final_norm(h)
     logits = self.embed.attend(h) if self.head is None else self.head(h)
-    return constrain(logits, ('batch', 'length', 'vocab'))
+    return constrain(logits, ('batch', 'length', 'vocab')), parts
 
 
 def build(config: ModelConfig | Mapping[str, Any], rngs: nnx.Rngs | int = 0) -> Decoder:

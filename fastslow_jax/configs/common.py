@@ -1,14 +1,25 @@
-"""Data config fields (`config.data`), shared by every source."""
+"""Defaults shared by the config files: data fields and sharding rules. Imports no jax."""
 
 import ml_collections
 
-KINDS = ('synthetic', 'text', 'tfds')
+# Logical axis -> mesh axes (data, fsdp, tensor); None replicates. See `fastslow_jax.sharding`.
+SHARDING_RULES = (
+    ('batch', ('data', 'fsdp')),
+    ('length', None),
+    ('vocab', 'tensor'),
+    ('embed', 'fsdp'),
+    ('heads', 'tensor'),
+    ('kv', None),
+    ('mlp', 'tensor'),
+    ('norm', None),
+)
 
 
 def default_data_config() -> ml_collections.ConfigDict:
   """All data fields with their defaults; `kind` selects the source, the others are ignored."""
   return ml_collections.ConfigDict(dict(
-      kind='synthetic',  # synthetic | text | tfds
+      kind='synthetic',  # synthetic | text | tfds (fastslow_jax.data.KINDS)
+      shuffle=True,  # Read the windows in a seeded order, reshuffled each epoch (else in order).
       # text / tfds without a validation split: validation is this last fraction of the stream.
       val_fraction=0.05,
       # text: local files, comma-separated paths or globs; UTF-8 bytes + end-of-document (257).
