@@ -47,12 +47,29 @@ def checkpoint_steps(workdir: str) -> list[int]:
     mngr.close()
 
 
-def restore(workdir: str, step: int | None = None, *, mesh: str = '1,-1,1',
-            devices=None) -> Restored:
+def restore(workdir: str, step: int | None = None, *, mesh: str = '1,-1,1', devices=None,
+            scan_layers: bool | None = None) -> Restored:
   """The parameters alone (no optimizer state) of the checkpoint at `step` (default latest),
   onto a `mesh` ('data,fsdp,tensor') over `devices` (default all). Evaluation, decoding and the
-  experiments' analyses all restore through here."""
+  experiments' analyses all restore through here.
+
+  `scan_layers` picks the layer layout of the restored model (default: the run's own); a
+  checkpoint of either layout converts to the other (`models.scan`).
+  """
   config = RunDir(workdir).read_config()
+  restored = _restore(workdir, step, config, mesh, devices)
+  if scan_layers is None or scan_layers == config.model.get('scan_layers', False):
+    return restored
+  config.model.scan_layers = scan_layers
+  setup = runtime.ModelSetup(config, devices)
+  params = models.convert_layout(restored.params, setup.model_config)
+  with setup.activate():
+    params = jax.device_put(params, setup.params_sharding)
+  return Restored(setup=setup, step=restored.step, params=params)
+
+
+def _restore(workdir: str, step: int | None, config, mesh: str, devices) -> Restored:
+  """`restore` in the layout the run was trained with."""
   config.mesh.data, config.mesh.fsdp, config.mesh.tensor = (int(s) for s in mesh.split(','))
   config.mesh.dcn_data = 1  # The local devices are laid out afresh.
   setup = runtime.ModelSetup(config, devices)

@@ -19,7 +19,9 @@ from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ('data', 'fsdp', 'tensor')
-LOGICAL_AXES = ('batch', 'length', 'vocab', 'embed', 'heads', 'kv', 'mlp', 'norm')
+LOGICAL_AXES = ('batch', 'length', 'vocab', 'embed', 'heads', 'kv', 'mlp', 'norm', 'layers')
+# Logical axes that rules written before the axis existed may leave out, and where they then go.
+_LATER_AXES = (('layers', None),)  # The stacked axis of scanned layers: replicated.
 
 Rules = tuple[tuple[str, str | tuple[str, ...] | None], ...]
 
@@ -71,8 +73,10 @@ def make_mesh(sizes, devices: Sequence[jax.Device] | None = None) -> Mesh:
 
 
 def check_rules(rules: Rules) -> Rules:
-  """Rules as a tuple of pairs; every logical axis must be mapped (None = replicated)."""
+  """Rules as a tuple of pairs; every logical axis must be mapped (None = replicated), except
+  those added after older configs were written (`_LATER_AXES`, completed here)."""
   rules = tuple((str(k), tuple(v) if isinstance(v, list) else v) for k, v in rules)
+  rules += tuple(rule for rule in _LATER_AXES if rule[0] not in {k for k, _ in rules})
   missing = sorted(set(LOGICAL_AXES) - {k for k, _ in rules})
   if missing:
     raise ValueError(f'sharding_rules lacks logical axes {missing}: map each to a mesh axis or None.')

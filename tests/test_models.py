@@ -483,17 +483,6 @@ def test_attention_primitive_is_causal_softmax(impl):
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
-def test_remat_gives_same_loss_and_grads():
-  tokens = random_tokens(0, (2, 33))
-  results = []
-  for remat in (False, True):
-    model = models.build(tiny(remat=remat, num_layers=1), rngs=0)
-    set_gates(model, 0.5)
-    loss, grads = nnx.jit(nnx.value_and_grad(next_token_loss))(model, tokens)
-    results.append((loss, grads))
-  chex.assert_trees_all_close(results[0], results[1], rtol=1e-5, atol=1e-6)
-
-
 # =========================================================================== logical axis names
 
 LOGICAL_AXES = {'vocab', 'embed', 'heads', 'kv', 'mlp', 'norm'}

@@ -12,6 +12,7 @@ SHARDING_RULES = (
     ('kv', None),
     ('mlp', 'tensor'),
     ('norm', None),
+    ('layers', None),  # The stacked axis of scanned layers.
 )
 
 

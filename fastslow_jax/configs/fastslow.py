@@ -14,18 +14,19 @@ import ml_collections
 from fastslow_jax import configlib
 from fastslow_jax.configs.common import SHARDING_RULES, default_data_config
 
-# d_model, layers, heads, mlp, seq_len, slow heads, phi width.
+# d_model, layers, heads, mlp, seq_len, slow heads, phi width; accelerator sizes scan their
+# layers (compile time independent of depth) and rematerialise blocks (launch/FITS.md).
 _MODEL_SIZES = {
     'tiny': dict(d_model=64, num_layers=2, num_heads=4, mlp_dim=256, seq_len=128,
                  slow_num_heads=4, phi_dim=256),
     'small': dict(d_model=256, num_layers=6, num_heads=8, mlp_dim=1024, seq_len=256,
                   slow_num_heads=4, phi_dim=512),
     '124m': dict(d_model=768, num_layers=12, num_heads=12, mlp_dim=2048, seq_len=1024,
-                 slow_num_heads=12, phi_dim=2048, remat=True),
+                 slow_num_heads=12, phi_dim=2048, remat='full', scan_layers=True),
     '350m': dict(d_model=1024, num_layers=24, num_heads=16, mlp_dim=2816, seq_len=1024,
-                 slow_num_heads=16, phi_dim=2816, remat=True),
+                 slow_num_heads=16, phi_dim=2816, remat='full', scan_layers=True),
     '1b': dict(d_model=2048, num_layers=24, num_heads=16, mlp_dim=5632, seq_len=2048,
-               slow_num_heads=16, phi_dim=5632, remat=True),
+               slow_num_heads=16, phi_dim=5632, remat='full', scan_layers=True),
 }
 
 # Batch (global, sequences), steps, peak LR, mesh and dtypes per size. Accelerator sizes use
@@ -59,7 +60,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model = ml_collections.ConfigDict(dict(
       arm=arg.arm, P=arg.P, vocab_size=-1,  # -1: taken from the data source.
       slow_layers='all', gate='scalar', tie_embeddings=True, rope_theta=10_000.0,
-      attention_impl='reference', dtype=train['dtype'], param_dtype='float32', remat=False,
+      attention_impl='reference', dtype=train['dtype'], param_dtype='float32', remat='none',
+      scan_layers=False,
       norm_eps=1e-6))
   config.model.update(_MODEL_SIZES[arg.size])
 

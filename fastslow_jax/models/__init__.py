@@ -5,15 +5,16 @@
     logits = model(tokens)  # int32 [B, T] -> float32 [B, T, V]
 """
 
-from fastslow_jax.models.config import ARMS, ModelConfig
+from fastslow_jax.models.config import ARMS, REMAT_POLICIES, ModelConfig
 from fastslow_jax.models.fastslow import Block, SlowPath, block_mean_pool, broadcast_completed_blocks
 from fastslow_jax.models.flops import FlopCount, flops_per_token
 from fastslow_jax.models.layers import ATTENTION_BACKENDS, attention
-from fastslow_jax.models.model import (Decoder, build, gate_values, param_count, trainable_filter,
-                                       trainable_mask)
+from fastslow_jax.models.model import (Decoder, build, convert_layout, gate_values, param_count,
+                                       trainable_filter, trainable_mask)
 
 __all__ = [
-    'ARMS', 'ATTENTION_BACKENDS', 'Block', 'Decoder', 'FlopCount', 'ModelConfig', 'SlowPath',
-    'attention', 'block_mean_pool', 'broadcast_completed_blocks', 'build', 'flops_per_token',
-    'gate_values', 'param_count', 'trainable_filter', 'trainable_mask',
+    'ARMS', 'ATTENTION_BACKENDS', 'REMAT_POLICIES', 'Block', 'Decoder', 'FlopCount', 'ModelConfig',
+    'SlowPath', 'attention', 'block_mean_pool', 'broadcast_completed_blocks', 'build',
+    'convert_layout', 'flops_per_token', 'gate_values', 'param_count', 'trainable_filter',
+    'trainable_mask',
 ]

@@ -18,6 +18,8 @@ ARMS = ('dense', 'coupled', 'gate_frozen', 'slow_frozen')
 GATE_KINDS = ('scalar', 'channel')
 ATTENTION_IMPLS = ('reference', 'xla', 'cudnn')
 DTYPES = ('float32', 'bfloat16', 'float16')
+# What the backward pass keeps of a block (see `fastslow.SAVED_NAMES` for the named values).
+REMAT_POLICIES = ('none', 'full', 'dots_saveable', 'minimal')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,9 +46,19 @@ class ModelConfig:
   dtype: str = 'float32'  # Compute dtype.
   param_dtype: str = 'float32'
   norm_eps: float = 1e-6
-  remat: bool = False  # Rematerialise each block in the backward pass (saves activation memory).
+  # Rematerialisation in the backward pass: 'none' keeps every activation; 'full' recomputes each
+  # block; 'dots_saveable' keeps matmul outputs; 'minimal' keeps only the named attention and MLP
+  # outputs (fastslow.SAVED_NAMES). (True / False, from older configs, mean 'full' / 'none'.)
+  remat: str = 'none'
+  # Stack identical layers and run them with one `jax.lax.scan` (compile time independent of
+  # depth). Mixed stacks scan over a repeating group of layers plus an unscanned remainder.
+  scan_layers: bool = False
 
   def __post_init__(self):
+    if isinstance(self.remat, bool):
+      object.__setattr__(self, 'remat', 'full' if self.remat else 'none')
+    _check(self.remat in REMAT_POLICIES, 'remat', self.remat,
+           f'choose one of {", ".join(REMAT_POLICIES)}')
     _check(self.arm in ARMS, 'arm', self.arm, f'choose one of {", ".join(ARMS)}')
     _check(self.gate in GATE_KINDS, 'gate', self.gate, "choose 'scalar' or 'channel'")
     _check(self.attention_impl in ATTENTION_IMPLS, 'attention_impl', self.attention_impl,
@@ -117,6 +129,32 @@ class ModelConfig:
     ids = tuple(sorted(set(int(i) for i in spec)))
     _check(bool(ids) and all(0 <= i < n for i in ids), 'slow_layers', self.slow_layers, fix)
     return ids
+
+
+  @property
+  def slow_pattern(self) -> tuple[bool, ...]:
+    """Per layer, whether it carries a slow path."""
+    slow = set(self.slow_layer_ids)
+    return tuple(i in slow for i in range(self.num_layers))
+
+  @property
+  def scan_groups(self) -> tuple[int, int]:
+    """(k, r): with `scan_layers`, layers [0, r*k) are r repeats of a group of k consecutive
+    layers, run by one scan; layers from r*k on form an unscanned remainder. (1, 0) when nothing
+    is scanned.
+
+    k is the period that leaves the fewest distinct layer bodies (k + remainder): 'all' and dense
+    stacks give (1, num_layers); 'every:3' over 13 layers gives (3, 4) plus one layer.
+    """
+    if not self.scan_layers:
+      return 1, 0
+    pattern, n = self.slow_pattern, self.num_layers
+    best, best_cost = (1, 0), n
+    for k in range(1, n // 2 + 1):
+      r = n // k
+      if all(pattern[i] == pattern[i % k] for i in range(r * k)) and k + n - r * k < best_cost:
+        best, best_cost = (k, r), k + n - r * k
+    return best
 
 
 def _check(ok: bool, field: str, value: Any, fix: str) -> None:

@@ -22,6 +22,10 @@ from fastslow_jax.models.layers import CausalSelfAttention, RMSNorm, SwiGLU, con
 
 Array = jax.Array
 
+# The values a block names for rematerialisation (`checkpoint_name`): the 'minimal' remat policy
+# keeps exactly these for the backward pass and recomputes the rest.
+SAVED_NAMES = ('fast_attn', 'slow_attn', 'phi', 'mlp')
+
 
 def block_mean_pool(x: Array, P: int) -> Array:
   """[B, T, D] -> [B, ceil(T/P), D]; block j is the mean of tokens [jP, (j+1)P).
@@ -55,8 +59,9 @@ class SlowPath(nnx.Module):
     dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
     self.attn = CausalSelfAttention(cfg.d_model, cfg.slow_num_heads, rope_theta=cfg.rope_theta,
                                     impl=cfg.attention_impl, dtype=dtype, param_dtype=param_dtype,
-                                    rngs=rngs)
-    self.phi = SwiGLU(cfg.d_model, cfg.phi_dim, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+                                    rngs=rngs, output_name='slow_attn')
+    self.phi = SwiGLU(cfg.d_model, cfg.phi_dim, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
+                      output_name='phi')
     self.P = cfg.P
 
   def __call__(self, x: Array) -> tuple[Array, dict[str, Array]]:
@@ -80,9 +85,10 @@ class Block(nnx.Module):
     kw = dict(dtype=dtype, param_dtype=param_dtype)
     self.attn_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps, rngs=rngs, **kw)
     self.fast = CausalSelfAttention(cfg.d_model, cfg.num_heads, rope_theta=cfg.rope_theta,
-                                    impl=cfg.attention_impl, rngs=rngs, **kw)
+                                    impl=cfg.attention_impl, rngs=rngs, output_name='fast_attn',
+                                    **kw)
     self.mlp_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps, rngs=rngs, **kw)
-    self.mlp = SwiGLU(cfg.d_model, cfg.mlp_dim, rngs=rngs, **kw)
+    self.mlp = SwiGLU(cfg.d_model, cfg.mlp_dim, rngs=rngs, output_name='mlp', **kw)
     self.slow = SlowPath(cfg, rngs=slow_rngs) if slow else None
     if slow:
       shape, axes = ((), ()) if cfg.gate == 'scalar' else ((cfg.d_model,), ('norm',))

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 from flax.core import spmd as flax_spmd
+from jax.ad_checkpoint import checkpoint_name
 from jax.sharding import PartitionSpec
 
 Array = jax.Array
@@ -120,7 +121,7 @@ class CausalSelfAttention(nnx.Module):
   """
 
   def __init__(self, d_model: int, num_heads: int, *, rope_theta: float, impl: str, dtype,
-               param_dtype, rngs: nnx.Rngs):
+               param_dtype, rngs: nnx.Rngs, output_name: str = 'attn'):
     head_dim = d_model // num_heads
     shape, axes = (d_model, num_heads, head_dim), ('embed', 'heads', 'kv')
     self.wq = param(rngs, default_init, shape, axes, param_dtype)
@@ -131,6 +132,7 @@ class CausalSelfAttention(nnx.Module):
     self.wo = param(rngs, out_init, (num_heads, head_dim, d_model), ('heads', 'kv', 'embed'),
                     param_dtype)
     self.rope_theta, self.impl, self.dtype = rope_theta, impl, dtype
+    self.output_name = output_name  # What remat policies call the output (`checkpoint_name`).
 
   def __call__(self, x: Array) -> Array:
     cast = lambda w: w[...].astype(self.dtype)
@@ -139,22 +141,24 @@ class CausalSelfAttention(nnx.Module):
     k = rotary(jnp.einsum('btd,dhk->bthk', x, cast(self.wk)), positions, self.rope_theta)
     v = jnp.einsum('btd,dhk->bthk', x, cast(self.wv))
     out = attention(q, k, v, causal=True, impl=self.impl)
-    return jnp.einsum('bthk,hkd->btd', out, cast(self.wo))
+    return checkpoint_name(jnp.einsum('bthk,hkd->btd', out, cast(self.wo)), self.output_name)
 
 
 class SwiGLU(nnx.Module):
   """silu(x W_gate) * (x W_up) W_down. Also serves as phi_theta on the slow states."""
 
-  def __init__(self, d_model: int, hidden: int, *, dtype, param_dtype, rngs: nnx.Rngs):
+  def __init__(self, d_model: int, hidden: int, *, dtype, param_dtype, rngs: nnx.Rngs,
+               output_name: str = 'mlp'):
     self.w_gate = param(rngs, default_init, (d_model, hidden), ('embed', 'mlp'), param_dtype)
     self.w_up = param(rngs, default_init, (d_model, hidden), ('embed', 'mlp'), param_dtype)
     self.w_down = param(rngs, default_init, (hidden, d_model), ('mlp', 'embed'), param_dtype)
     self.dtype = dtype
+    self.output_name = output_name  # What remat policies call the output (`checkpoint_name`).
 
   def __call__(self, x: Array) -> Array:
     cast = lambda w: w[...].astype(self.dtype)
     h = jax.nn.silu(x @ cast(self.w_gate)) * (x @ cast(self.w_up))
-    return h @ cast(self.w_down)
+    return checkpoint_name(h @ cast(self.w_down), self.output_name)
 
 
 class LMHead(nnx.Module):

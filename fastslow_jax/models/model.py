@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from fastslow_jax.models import scan
 from fastslow_jax.models.config import ModelConfig
 from fastslow_jax.models.fastslow import Block
 from fastslow_jax.models.layers import Embed, LMHead, RMSNorm, constrain
@@ -19,7 +20,11 @@ _SLOW_STREAM = 1
 
 
 class Decoder(nnx.Module):
-  """Decoder-only language model: tokens [B, T] int32 -> logits [B, T, V] float32."""
+  """Decoder-only language model: tokens [B, T] int32 -> logits [B, T, V] float32.
+
+  With `scan_layers`, the repeating layers live stacked in `stack` and run as one scan; `blocks`
+  holds the layers run one by one (all of them otherwise). See `models.scan` for the layouts.
+  """
 
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
     self.config = cfg
@@ -27,9 +32,12 @@ class Decoder(nnx.Module):
     slow_rngs = nnx.Rngs(params=jax.random.fold_in(rngs.params.key[...], _SLOW_STREAM))
     self.embed = Embed(cfg.vocab_size, cfg.d_model, dtype=dtype, param_dtype=param_dtype,
                        rngs=rngs)
-    slow_ids = cfg.slow_layer_ids
-    self.blocks = nnx.List([Block(cfg, slow=i in slow_ids, rngs=rngs, slow_rngs=slow_rngs)
-                            for i in range(cfg.num_layers)])
+    # Every layer is initialised in turn whatever the layout, so a seed gives the same numbers
+    # scanned or unrolled (and the same as before scanning existed); scanning stacks them.
+    blocks = [Block(cfg, slow=slow, rngs=rngs, slow_rngs=slow_rngs) for slow in cfg.slow_pattern]
+    k, r = cfg.scan_groups
+    self.stack = nnx.List([scan.stack_modules(blocks[j:r * k:k]) for j in range(k)] if r else [])
+    self.blocks = nnx.List(blocks[r * k:])
     self.final_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps, dtype=dtype, param_dtype=param_dtype,
                               rngs=rngs)
     self.head = None if cfg.tie_embeddings else LMHead(
@@ -50,8 +58,11 @@ class Decoder(nnx.Module):
     """`forward` from the token embeddings [B, T, D] on (for gradients with respect to them)."""
     h = constrain(h, ('batch', 'length', None))
     parts = []
+    if len(self.stack):
+      h, parts = scan.scan_stack(self.stack, h, self.config.remat)
+    call = scan.remat(Block.__call__, self.config.remat)
     for block in self.blocks:
-      h, block_parts = nnx.remat(Block.__call__)(block, h) if self.config.remat else block(h)
+      h, block_parts = call(block, h)
       parts.append(block_parts)
     h = self.final_norm(h)
     logits = self.embed.attend(h) if self.head is None else self.head(h)
@@ -100,11 +111,17 @@ def trainable_mask(model: Decoder) -> nnx.State:
 
 
 def gate_values(params: nnx.State | Decoder) -> dict[str, float]:
-  """Mean gate value per slow layer, keyed 'layer_<i>' (empty for `dense`)."""
+  """Mean gate value per slow layer, keyed 'layer_<i>' (empty for `dense`); either layout."""
   if isinstance(params, nnx.Module):
     params = nnx.state(params, nnx.Param)
   return {f'layer_{path[1]}': float(jnp.mean(jnp.asarray(value)))
-          for path, value in nnx.to_flat_state(params) if 'gate' in path}
+          for path, value in nnx.to_flat_state(scan.unstack_layers(params)) if 'gate' in path}
+
+
+def convert_layout(params: nnx.State, config: ModelConfig) -> nnx.State:
+  """Parameters of either layer layout (scanned or unrolled) in the layout `config` asks for."""
+  unrolled = scan.unstack_layers(params)
+  return scan.stack_layers(unrolled, config.scan_groups) if config.scan_layers else unrolled
 
 
 def param_count(params: nnx.State | Decoder) -> int:

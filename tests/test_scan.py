@@ -1,0 +1,144 @@
+"""Scanned layers: the same model as the unrolled stack, stacked parameters, layout conversion,
+remat policies."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from fastslow_jax import models, sharding
+from fastslow_jax.models import scan
+
+VOCAB = 48
+
+
+def config(**overrides) -> models.ModelConfig:
+  base = dict(arm='coupled', vocab_size=VOCAB, seq_len=16, d_model=32, num_layers=5, num_heads=2,
+              mlp_dim=48, P=4, slow_num_heads=2, phi_dim=48, gate='channel')
+  return models.ModelConfig(**{**base, **overrides})
+
+
+def open_gates(model) -> None:
+  """Gates at 0.7 (else slow paths would not reach the output and parity would be vacuous)."""
+  params = nnx.state(model, nnx.Param)
+  nnx.update(model, nnx.map_state(
+      lambda path, v: jnp.full_like(v, 0.7) if 'gate' in path else v, params))
+
+
+@nnx.jit
+def loss_and_grads(model, tokens):
+  """((loss, logits), grads) of the next-token loss on tokens [B, T+1], compiled."""
+  def loss(model):
+    logits = model(tokens[:, :-1])
+    return jnp.mean(jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(
+        logits, tokens[:, 1:, None], -1)[..., 0]), logits
+  return nnx.value_and_grad(loss, has_aux=True)(model)
+
+
+def flat(state) -> dict:
+  return {path: np.asarray(v[...] if isinstance(v, nnx.Variable) else v)
+          for path, v in nnx.to_flat_state(state)}
+
+
+@pytest.mark.parametrize('overrides,groups', [
+    (dict(arm='dense'), (1, 5)),
+    (dict(arm='coupled'), (1, 5)),
+    (dict(arm='gate_frozen'), (1, 5)),
+    (dict(arm='slow_frozen', gate='scalar'), (1, 5)),
+    (dict(slow_layers='every:2'), (2, 2)),  # 2 x (fast, slow) + 1 fast layer unscanned.
+    (dict(slow_layers='0,3', num_layers=6), (3, 2)),
+])
+def test_scanned_equals_unrolled_logits_and_gradients(overrides, groups):
+  tokens = jax.random.randint(jax.random.key(1), (2, 17), 0, VOCAB)
+  unrolled = models.build(config(**overrides), rngs=3)
+  scanned = models.build(config(scan_layers=True, **overrides), rngs=3)
+  assert scanned.config.scan_groups == groups
+  k, r = groups
+  assert len(scanned.stack) == k and len(scanned.blocks) == scanned.config.num_layers - r * k
+  open_gates(unrolled)
+  open_gates(scanned)
+  ((loss_u, logits_u), grads_u), ((loss_s, logits_s), grads_s) = (
+      loss_and_grads(m, tokens) for m in (unrolled, scanned))
+  np.testing.assert_allclose(logits_s, logits_u, atol=1e-5, rtol=1e-5)
+  np.testing.assert_allclose(loss_s, loss_u, rtol=1e-6)
+  want, got = flat(grads_u), flat(scan.unstack_layers(grads_s))
+  assert set(got) == set(want)
+  for path in want:
+    np.testing.assert_allclose(got[path], want[path], atol=1e-6, rtol=1e-5, err_msg=str(path))
+
+
+def test_forward_is_one_scan_over_the_repeats():
+  cfg = config(slow_layers='every:2', num_layers=9, scan_layers=True)
+  model = models.build(cfg, rngs=0)
+  graphdef, params = nnx.split(model)
+  tokens = jnp.zeros((1, 16), jnp.int32)
+  jaxpr = jax.make_jaxpr(lambda p: nnx.merge(graphdef, p)(tokens))(params)
+  scans = [e for e in jaxpr.jaxpr.eqns if e.primitive.name == 'scan']
+  assert len(scans) == 1 and scans[0].params['length'] == 4  # (fast, slow) x 4, 1 unscanned.
+
+
+def test_layout_conversion_round_trips_and_keeps_axis_names():
+  cfg = config(slow_layers='every:2', scan_layers=True)
+  scanned = nnx.state(models.build(cfg, rngs=5), nnx.Param)
+  unrolled = nnx.state(models.build(config(slow_layers='every:2'), rngs=5), nnx.Param)
+  converted = models.convert_layout(scanned, config(slow_layers='every:2'))
+  assert flat(converted).keys() == flat(unrolled).keys()
+  for path, value in flat(unrolled).items():
+    np.testing.assert_array_equal(flat(converted)[path], value)
+  back = models.convert_layout(converted, cfg)
+  for (path, a), (path_b, b) in zip(nnx.to_flat_state(back), nnx.to_flat_state(scanned)):
+    assert path == path_b
+    np.testing.assert_array_equal(a[...], b[...])
+    assert a.get_metadata('out_sharding') == b.get_metadata('out_sharding')
+    if path[0] == 'stack':
+      assert a.get_metadata('out_sharding')[0] == 'layers' and a.shape[0] == 2
+  # Plain arrays (as restored from a checkpoint) convert too.
+  arrays = jax.tree.map(lambda v: v[...], scanned, is_leaf=lambda x: isinstance(x, nnx.Variable))
+  plain = scan.unstack_layers(arrays)
+  for path, value in flat(unrolled).items():
+    np.testing.assert_array_equal(flat(plain)[path], value)
+
+
+def test_stacked_parameters_shard_like_their_layers():
+  cfg = config(scan_layers=True)
+  abstract = nnx.eval_shape(lambda: models.build(cfg, rngs=0))
+  mesh = sharding.make_mesh({'data': 2, 'fsdp': 2, 'tensor': 2}, jax.devices()[:8])
+  specs = {path: s.spec for path, s in nnx.to_flat_state(sharding.logical_shardings(
+      nnx.state(abstract, nnx.Param), mesh, sharding.check_rules(()
+      + tuple((a, None) for a in sharding.LOGICAL_AXES if a not in ('embed', 'heads'))
+      + (('embed', 'fsdp'), ('heads', 'tensor')))))}
+  assert specs[('stack', 0, 'fast', 'wq')] == jax.sharding.PartitionSpec(None, 'fsdp', 'tensor', None)
+
+
+@pytest.mark.parametrize('scan_layers', [False, True])
+def test_remat_policies_give_identical_gradients(scan_layers):
+  tokens = jax.random.randint(jax.random.key(2), (2, 17), 0, VOCAB)
+  results = {}
+  for policy in models.REMAT_POLICIES:
+    model = models.build(config(remat=policy, num_layers=3, scan_layers=scan_layers), rngs=0)
+    open_gates(model)
+    results[policy] = loss_and_grads(model, tokens)
+  for policy in models.REMAT_POLICIES:
+    chex.assert_trees_all_close(results[policy], results['none'], rtol=1e-6, atol=1e-7)
+
+
+def test_remat_policies_differ_in_what_the_backward_pass_keeps():
+  """The policies are not all the same program: saved residuals shrink from none to full."""
+  tokens = jax.random.randint(jax.random.key(2), (2, 17), 0, VOCAB)
+  saved = {}
+  for policy in models.REMAT_POLICIES:
+    model = models.build(config(remat=policy, num_layers=2), rngs=0)
+    graphdef, params = nnx.split(model)
+    fn = lambda p: nnx.merge(graphdef, p)(tokens).sum()
+    _, vjp = jax.vjp(fn, params)
+    saved[policy] = sum(x.size for x in jax.tree.leaves(vjp))
+  assert saved['full'] < saved['minimal'] < saved['none']
+  assert saved['full'] < saved['dots_saveable'] < saved['none']
+
+
+def test_older_boolean_remat_still_reads():
+  assert config(remat=True).remat == 'full' and config(remat=False).remat == 'none'
+  with pytest.raises(ValueError, match='model.remat'):
+    config(remat='some')
