@@ -19,11 +19,14 @@ SHARDING_RULES = (
 def default_data_config() -> ml_collections.ConfigDict:
   """All data fields with their defaults; `kind` selects the source, the others are ignored."""
   return ml_collections.ConfigDict(dict(
-      kind='synthetic',  # synthetic | text | tfds (fastslow_jax.data.KINDS)
+      kind='synthetic',  # synthetic | text | tfds | tokens (fastslow_jax.data.KINDS)
       shuffle=True,  # Read the windows in a seeded order, reshuffled each epoch (else in order).
       # text / tfds without a validation split: validation is this last fraction of the stream.
+      # Also prepare's default share of documents held out for validation.
       val_fraction=0.05,
       # text: local files, comma-separated paths or globs; UTF-8 bytes + end-of-document (257).
+      # tokens: a directory written by `python -m fastslow_jax.data.prepare` (any tokenizer;
+      # windows read from its shards on demand, so memory does not grow with the corpus).
       path='',
       # tfds: a dataset prepared (file_format=array_record) in tfds_data_dir ('' = TFDS default),
       # 'name', 'name/config' or 'name:version'; read with tfds.data_source, no TensorFlow.

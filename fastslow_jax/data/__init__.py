@@ -1,4 +1,4 @@
-"""Data: token windows from a synthetic fast-slow source, local text or TFDS, through Grain.
+"""Data: token windows from a synthetic source, local text, TFDS or prepared shards, via Grain.
 
     ds = data.make_dataset(config.data, seq_len=T, split='train')   # TokenDataset: T+1 tokens each
     it = data.make_iterator(ds, batch_size=local_batch, seed=0,
@@ -15,19 +15,28 @@ Sources (`config.data.kind`, fields in `fastslow_jax/configs/common.py`):
              `data.vocab_size`; `bayes_optimal_ce` gives the exact optimum. Unit: 'token'.
   text       local files, UTF-8 bytes + END_OF_DOCUMENT (vocabulary 257; `text.py`). Unit: 'byte'.
   tfds       a TFDS dataset prepared as array_record, read without TensorFlow. Unit: 'byte'.
+  tokens     a directory written by `python -m fastslow_jax.data.prepare` (`prepare.py`): any
+             tokenizer (`tokenizers.py`), windows read from the shards on demand (`tokens.py`),
+             so memory does not grow with the corpus. Unit: 'token'; `bytes_per_token` from the
+             split's byte count gives bits per byte too (`bits`).
+
+A run records `tokenizer_fingerprint(cfg)` and refuses other data with `check_tokenizer`;
+`tokenizer_for(cfg)` encodes prompts and decodes samples.
 """
 
 from __future__ import annotations
+
+import math
 
 import grain
 import ml_collections
 import numpy as np
 
 from fastslow_jax.configs.common import default_data_config
-from fastslow_jax.data import synthetic, text
+from fastslow_jax.data import synthetic, text, tokenizers, tokens
 
-KINDS = ('synthetic', 'text', 'tfds')
-SPLITS = ('train', 'validation')
+KINDS = ('synthetic', 'text', 'tfds', 'tokens')
+SPLITS = tokens.SPLITS  # Named by the prepared-dataset layout.
 
 
 class TokenDataset:
@@ -35,13 +44,16 @@ class TokenDataset:
 
   Window i is stream[i * stride : i * stride + seq_len + 1] as int32. Text streams use stride
   seq_len (consecutive windows share one token, so every token is a target once); synthetic
-  windows are independent sequences laid end to end (stride seq_len + 1).
+  windows are independent sequences laid end to end (stride seq_len + 1). `stream` is an array,
+  or for `tokens` a `tokens.ShardedStream` read on demand. `bytes_per_token`: UTF-8 bytes of text
+  per token over the split (1 for byte-level text, None for synthetic tokens).
   """
 
   def __init__(self, stream: np.ndarray, *, seq_len: int, stride: int, vocab_size: int,
-               bits_per_token_unit: str, name: str):
+               bits_per_token_unit: str, name: str, bytes_per_token: float | None = None):
     self.stream, self.seq_len, self.stride = stream, seq_len, stride
     self.vocab_size, self.bits_per_token_unit, self.name = vocab_size, bits_per_token_unit, name
+    self.bytes_per_token = bytes_per_token
     self._len = max(0, (len(stream) - seq_len - 1) // stride + 1)
 
   def __len__(self) -> int:
@@ -76,7 +88,51 @@ def _synthetic_source(cfg) -> synthetic.FastSlowSource:
 def vocab_size(cfg: ml_collections.ConfigDict) -> int:
   """Vocabulary size of the configured source, without reading any data (= ds.vocab_size)."""
   _check_kind(cfg)
+  if cfg.kind == 'tokens':
+    return int(tokens.read_manifest(cfg.path)['tokenizer']['vocab_size'])
   return int(cfg.vocab_size) if cfg.kind == 'synthetic' else text.VOCAB_SIZE
+
+
+def tokenizer_for(cfg: ml_collections.ConfigDict) -> tokenizers.Tokenizer | None:
+  """The tokenizer of the configured source (to encode prompts, decode samples): the byte
+  tokenizer for text and tfds, the prepared dataset's for tokens, None for synthetic."""
+  _check_kind(cfg)
+  if cfg.kind == 'tokens':
+    return tokens.tokenizer(cfg.path)
+  return None if cfg.kind == 'synthetic' else tokenizers.BYTE
+
+
+def tokenizer_fingerprint(cfg: ml_collections.ConfigDict) -> str | None:
+  """The configured source's tokenizer id ('bpe-1f2e...'), None for synthetic: written into a
+  run's config.json and compared by `check_tokenizer` on resume. Reads dataset.json only."""
+  _check_kind(cfg)
+  if cfg.kind == 'tokens':
+    return tokens.read_manifest(cfg.path)['tokenizer']['fingerprint']
+  return None if cfg.kind == 'synthetic' else tokenizers.BYTE.fingerprint
+
+
+def check_tokenizer(cfg: ml_collections.ConfigDict, trained_with: str | None,
+                    where: str = 'the workdir') -> None:
+  """Refuses data tokenized otherwise than the run `trained_with` (its recorded fingerprint;
+  None: nothing recorded, anything goes). One-line ValueError naming data.path and the fix."""
+  now = tokenizer_fingerprint(cfg)
+  if trained_with is None or now == trained_with:
+    return
+  source = (f'data.path={cfg.path!r}' if cfg.kind in ('text', 'tokens')
+            else f'data.kind={cfg.kind!r}')
+  raise ValueError(f'{where} was trained on tokenizer {trained_with}, but {source} has '
+                   f'{now}: use data prepared with the same tokenizer, or a new --workdir.')
+
+
+def bits(dataset: TokenDataset, loss: float) -> dict[str, float]:
+  """A mean loss (nats per token) in bits: per byte of text where the split's byte count is
+  known (comparable across tokenizers), per token otherwise, and both for `tokens`."""
+  out = {}
+  if dataset.bits_per_token_unit == 'token':
+    out['bits_per_token'] = loss / math.log(2)
+  if dataset.bytes_per_token is not None:
+    out['bits_per_byte'] = loss / dataset.bytes_per_token / math.log(2)
+  return out
 
 
 def make_dataset(cfg: ml_collections.ConfigDict, *, seq_len: int, split: str) -> TokenDataset:
@@ -98,18 +154,25 @@ def make_dataset(cfg: ml_collections.ConfigDict, *, seq_len: int, split: str) ->
     return TokenDataset(windows.reshape(-1), seq_len=seq_len, stride=seq_len + 1,
                         vocab_size=int(cfg.vocab_size), bits_per_token_unit='token',
                         name=f'synthetic {split}')
-  if cfg.kind == 'text':
+  if cfg.kind == 'tokens':
+    stream, info = tokens.open_split(cfg.path, split)
+    what, fix = f'data.path={cfg.path!r}', ' or prepare with a larger --val_fraction'
+  elif cfg.kind == 'text':
     stream = text.split_stream(text.read_text_files(cfg.path), cfg.val_fraction, split)
-    what = f'data.path={cfg.path!r}'
+    what, fix = f'data.path={cfg.path!r}', ' or a larger data.val_fraction'
   else:
     stream = text.read_tfds(cfg, split)
-    what = f'data.tfds_name={cfg.tfds_name!r}'
+    what, fix = f'data.tfds_name={cfg.tfds_name!r}', ' or a larger data.val_fraction'
   if len(stream) < seq_len + 1:
-    fix = ' or a larger data.val_fraction' if split == 'validation' else ''
+    fix = fix if split == 'validation' else ''
     raise ValueError(f'{what} gives {len(stream)} {split} tokens, fewer than one window of '
                      f'{seq_len + 1}: use more text, a smaller model.seq_len{fix}.')
+  if cfg.kind == 'tokens':
+    return TokenDataset(stream, seq_len=seq_len, stride=seq_len, vocab_size=stream.vocab_size,
+                        bits_per_token_unit='token', name=f'{what} {split}',
+                        bytes_per_token=info['bytes'] / info['tokens'])
   return TokenDataset(stream, seq_len=seq_len, stride=seq_len, vocab_size=text.VOCAB_SIZE,
-                      bits_per_token_unit='byte', name=f'{what} {split}')
+                      bits_per_token_unit='byte', name=f'{what} {split}', bytes_per_token=1.0)
 
 
 def make_iterator(dataset, *, batch_size: int, seed: int, shard_index: int = 0,
@@ -170,4 +233,5 @@ def bayes_optimal_ce(cfg: ml_collections.ConfigDict, *, seq_len: int,
 
 
 __all__ = ['KINDS', 'SPLITS', 'TokenDataset', 'bayes_optimal_ce', 'bayes_optimal_ce_per_position',
-           'default_data_config', 'make_dataset', 'make_iterator', 'vocab_size']
+           'bits', 'check_tokenizer', 'default_data_config', 'make_dataset', 'make_iterator',
+           'tokenizer_fingerprint', 'tokenizer_for', 'vocab_size']

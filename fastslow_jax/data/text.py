@@ -1,7 +1,9 @@
-"""Byte-level token streams from local text files or TFDS datasets.
+"""Byte-level token streams from local text files or TFDS datasets, read whole into memory.
 
-Tokens are the UTF-8 bytes (0..255) plus END_OF_DOCUMENT (256), which follows every document (each
-text file, each TFDS example): vocabulary 257. There is no BOS token; a window starting mid-text is
+Tokens are those of the byte tokenizer (`tokenizers.BYTE`): the UTF-8 bytes (0..255) plus
+END_OF_DOCUMENT (256), which follows every document (each text file, each TFDS example):
+vocabulary 257. Corpora too large for memory, or other tokenizers, go through `prepare` and the
+`tokens` source instead. There is no BOS token; a window starting mid-text is
 scored from its second token on, like any other. Streams are kept as uint16 (half of int32).
 
 Splits are deterministic: validation is the last `val_fraction` of the concatenated stream (over
@@ -17,31 +19,29 @@ import re
 
 import numpy as np
 
-END_OF_DOCUMENT = 256
-VOCAB_SIZE = 257
+from fastslow_jax.data.tokenizers import BYTE, END_OF_DOCUMENT, VOCAB_SIZE  # noqa: F401
 
 
 def encode_documents(documents) -> np.ndarray:
   """UTF-8 bytes of each document (str or bytes), each followed by END_OF_DOCUMENT, as uint16."""
-  parts = []
-  for doc in documents:
-    raw = doc.encode('utf-8') if isinstance(doc, str) else bytes(doc)
-    parts += [np.frombuffer(raw, np.uint8), np.array([END_OF_DOCUMENT], np.uint16)]
-  return np.concatenate(parts).astype(np.uint16) if parts else np.zeros((0,), np.uint16)
+  return BYTE.encode_documents(documents)
 
 
-def resolve_paths(spec: str) -> list[str]:
-  """Comma-separated paths or globs -> the list of files, in the given order (globs sorted)."""
+def resolve_paths(spec: str, field: str = 'data.path') -> list[str]:
+  """Comma-separated paths or globs -> the list of files, in the given order (globs sorted).
+
+  Errors name `field`, the flag or config field the spec came from.
+  """
   paths = []
   for item in filter(None, (s.strip() for s in str(spec or '').split(','))):
     matches = sorted(glob.glob(os.path.expanduser(item)))
     if not matches:
-      raise ValueError(f'data.path={item!r} matches no file: give existing text files '
+      raise ValueError(f'{field}={item!r} matches no file: give existing text files '
                        '(comma-separated paths or globs).')
     paths.extend(m for m in matches if os.path.isfile(m))
   if not paths:
-    raise ValueError(f'data.path={spec!r} names no text file: set --config.data.path to one or '
-                     'more text files (comma-separated paths or globs).')
+    raise ValueError(f'{field}={spec!r} names no text file: set it to one or more text files '
+                     '(comma-separated paths or globs).')
   return paths
 
 
@@ -105,36 +105,47 @@ def _has_split(builder, split: str) -> bool:
   return all(n in builder.info.splits for n in names)
 
 
+def tfds_splits(cfg) -> tuple[object, str, str | None]:
+  """(builder, train split, validation split or None when the dataset lacks it), checked."""
+  builder = tfds_builder(cfg.tfds_name, cfg.tfds_data_dir)
+  choices = sorted(builder.info.splits)
+  if not _has_split(builder, cfg.tfds_train_split):
+    raise ValueError(f'data.tfds_train_split={cfg.tfds_train_split!r} is not a split of '
+                     f'{cfg.tfds_name!r}: choose one of {choices}.')
+  val = cfg.tfds_val_split if _has_split(builder, cfg.tfds_val_split) else None
+  return builder, cfg.tfds_train_split, val
+
+
 def read_tfds(cfg, split: str) -> np.ndarray:
   """The token stream of `split` ('train' | 'validation') of the configured TFDS dataset.
 
   Validation reads `data.tfds_val_split`; when the dataset lacks it, validation is the last
   `data.val_fraction` of the train split's stream and train is the rest (disjoint).
   """
-  builder = tfds_builder(cfg.tfds_name, cfg.tfds_data_dir)
-  choices = sorted(builder.info.splits)
-  if not _has_split(builder, cfg.tfds_train_split):
-    raise ValueError(f'data.tfds_train_split={cfg.tfds_train_split!r} is not a split of '
-                     f'{cfg.tfds_name!r}: choose one of {choices}.')
-  if _has_split(builder, cfg.tfds_val_split):
-    name = cfg.tfds_train_split if split == 'train' else cfg.tfds_val_split
-    return _read_split(builder, cfg, name)
-  return split_stream(_read_split(builder, cfg, cfg.tfds_train_split), cfg.val_fraction, split)
+  builder, train, val = tfds_splits(cfg)
+  if val is not None:
+    source = tfds_source(builder, cfg, train if split == 'train' else val)
+    return encode_documents(tfds_documents(source, cfg))
+  stream = encode_documents(tfds_documents(tfds_source(builder, cfg, train), cfg))
+  return split_stream(stream, cfg.val_fraction, split)
 
 
-def _read_split(builder, cfg, split: str) -> np.ndarray:
-  """All documents of one split, in the dataset's (deterministic) record order."""
+def tfds_source(builder, cfg, split: str):
+  """The random-access source of one split (`len()` is its number of documents)."""
   try:
-    source = builder.as_data_source(split=split)
+    return builder.as_data_source(split=split)
   except Exception as e:  # E.g. prepared as tfrecord, which has no random access.
     raise ValueError(f'data.tfds_name={cfg.tfds_name!r} split {split!r} cannot be read with '
                      f'random access ({_one_line(e)}): prepare it with file_format=array_record.'
                      ) from None
-  feature, documents = cfg.tfds_text_feature, []
-  for start in range(0, len(source), 1024):
-    for example in source.__getitems__(list(range(start, min(start + 1024, len(source))))):
+
+
+def tfds_documents(source, cfg):
+  """The text feature of every record, in the dataset's (fixed) record order."""
+  feature = cfg.tfds_text_feature
+  for first in range(0, len(source), 1024):
+    for example in source.__getitems__(list(range(first, min(first + 1024, len(source))))):
       if feature not in example:
         raise ValueError(f'data.tfds_text_feature={feature!r} is not a feature of '
                          f'{cfg.tfds_name!r}: choose one of {sorted(example)}.')
-      documents.append(example[feature])
-  return encode_documents(documents)
+      yield example[feature]
