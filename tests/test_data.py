@@ -263,6 +263,26 @@ def test_tfds_without_validation_split_holds_out_the_tail_of_train(tfds_dir):
   assert len(val.stream) == len(whole) - int(0.8 * len(whole))
 
 
+def test_prepare_tokenizes_tfds_splits(tfds_dir, tmp_path):
+  from fastslow_jax.data import prepare, tokens
+
+  def story_ids(out, split):
+    stream, _ = tokens.open_split(str(out), split)
+    return sorted(int(d.split(':')[0].split()[1]) for d in _documents(stream[:]))
+
+  own = prepare.prepare(str(tmp_path / 'own'), 'byte', tfds_name='tiny_stories',
+                        tfds_data_dir=str(tfds_dir), num_workers=0)
+  assert story_ids(tmp_path / 'own', 'train') == list(range(40))  # The dataset's own splits.
+  assert story_ids(tmp_path / 'own', 'validation') == list(range(40, 50))
+  assert own['splits']['train']['bytes'] == sum(
+      len(f'story {i}: the slow path waits for the block to end. ' * 3) for i in range(40))
+  held = prepare.prepare(str(tmp_path / 'held'), 'byte', tfds_name='tiny_notes:1.0.0',
+                         tfds_data_dir=str(tfds_dir), val_fraction=0.2, num_workers=0)
+  assert [held['splits'][s]['documents'] for s in ('train', 'validation')] == [24, 6]
+  assert sorted(story_ids(tmp_path / 'held', 'train') + story_ids(tmp_path / 'held',
+                                                                  'validation')) == list(range(30))
+
+
 @pytest.mark.parametrize('overrides,match', [
     ({'tfds_name': 'no_such_dataset'}, "data.tfds_name='no_such_dataset' is not found"),
     ({'tfds_name': ''}, 'data.tfds_name is empty'),

@@ -29,6 +29,7 @@ MODES = ('file', 'paragraph', 'line')
 PIECE_BYTES = 1 << 20  # The most text one piece (one tokenizer call) holds.
 BLOCK_BYTES = 1 << 22  # Files are read in blocks of this size.
 _SEPARATORS = {'paragraph': re.compile(rb'\n(?:[ \t\r\f\v]*\n)+'), 'line': re.compile(rb'\n')}
+_FINAL_NEWLINES = re.compile(rb'\n\s*\Z')
 _JSONL = ('.jsonl', '.jsonl.gz')
 
 Piece = tuple[bytes, bool]
@@ -125,9 +126,9 @@ class TextFiles:
       if long_ok and len(carry) > 2 * PIECE_BYTES:
         yield carry[:-PIECE_BYTES], False
         carry, open_doc = carry[-PIECE_BYTES:], True
-    ending = [m for m in separator.finditer(carry) if m.end() == len(carry)]
-    if ending:  # The input's final separator (e.g. the last newline) ends the last document.
-      carry = carry[:ending[0].start()]
+    ending = _FINAL_NEWLINES.search(carry)
+    if ending:  # The file's final newline(s) end its last document.
+      carry = carry[:ending.start()]
     if open_doc or carry.strip():
       yield carry, True
 

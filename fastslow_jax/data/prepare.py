@@ -17,6 +17,7 @@ workers). `--verify` checks a finished DIR's checksums.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import glob
 import hashlib
 import json
@@ -31,7 +32,7 @@ import tqdm
 from fastslow_jax.data import documents, tokenizers, tokens
 from fastslow_jax.configs.common import default_data_config
 
-TASK_BYTES = 1 << 20  # Text per worker task: the unit of work, and of resumption.
+DEFAULT_TASK_BYTES = 1 << 20  # Text per worker task: the unit of work and of resumption.
 DEFAULT_SHARD_TOKENS = 1 << 27  # 256 MiB of uint16 per shard.
 DEFAULT_BPE_TRAIN_BYTES = 100 << 20  # bpe:<vocab> learns from the first 100 MiB of train text.
 
@@ -39,7 +40,7 @@ DEFAULT_BPE_TRAIN_BYTES = 100 << 20  # bpe:<vocab> learns from the first 100 MiB
 def prepare(output: str, tokenizer: str = 'byte', *, input: str = '', tfds_name: str = '',
             documents_mode: str = 'file', jsonl_field: str = 'text',
             val_fraction: float | None = None, num_workers: int | None = None,
-            shard_tokens: int = DEFAULT_SHARD_TOKENS,
+            shard_tokens: int = DEFAULT_SHARD_TOKENS, task_bytes: int = DEFAULT_TASK_BYTES,
             bpe_train_bytes: int = DEFAULT_BPE_TRAIN_BYTES, **tfds_fields) -> dict:
   """Writes (or resumes, or finds finished) the dataset in `output`; returns its manifest.
 
@@ -51,20 +52,21 @@ def prepare(output: str, tokenizer: str = 'byte', *, input: str = '', tfds_name:
   cfg.update(dict(tfds_name=tfds_name, **tfds_fields))
   val_fraction = cfg.val_fraction if val_fraction is None else val_fraction
   num_workers = os.cpu_count() if num_workers is None else num_workers
-  _check_numbers(val_fraction, num_workers, shard_tokens, bpe_train_bytes)
+  _check_numbers(val_fraction, num_workers, shard_tokens, task_bytes, bpe_train_bytes)
   kind, _ = tokenizers.parse_spec(tokenizer)
   given = None if kind == 'bpe' else tokenizers.from_spec(tokenizer)
   inputs = _inputs(input, cfg, documents_mode, jsonl_field)
   arguments = json.loads(json.dumps({
       'inputs': [s.describe() for s in inputs], 'tokenizer': tokenizer,
       'tokenizer_file': given and given.fingerprint, 'val_fraction': val_fraction,
-      'shard_tokens': shard_tokens, 'bpe_train_bytes': bpe_train_bytes if kind == 'bpe' else None,
+      'shard_tokens': shard_tokens, 'task_bytes': task_bytes,
+      'bpe_train_bytes': bpe_train_bytes if kind == 'bpe' else None,
   }))
   out = os.path.expanduser(output)
-  state = _existing_state(out, arguments)
-  if state is not None and state.get('complete'):
+  state, complete = _existing_state(out, arguments)
+  if complete:
     print(f'{output} is already prepared with these arguments.')
-    return _read_json(os.path.join(out, tokens.DATASET_FILE))
+    return state
   counts = _count_documents(inputs, val_fraction)
   os.makedirs(out, exist_ok=True)  # Everything has been checked: the first write.
   if state is None:
@@ -73,20 +75,22 @@ def prepare(output: str, tokenizer: str = 'byte', *, input: str = '', tfds_name:
   for stale in glob.glob(os.path.join(glob.escape(out), '*.tmp')):
     os.remove(stale)  # Half-written shards or JSON of a killed run.
   _write_json(os.path.join(out, tokens.PROGRESS_FILE), state)
-  tok = _tokenizer(out, state, given, inputs, counts, val_fraction, bpe_train_bytes)
-  _tokenize(out, state, tok, inputs, counts, val_fraction, num_workers, shard_tokens)
+  plan = Plan(inputs, counts, val_fraction, task_bytes)
+  tok = _tokenizer(out, state, given, plan, bpe_train_bytes)
+  _tokenize(out, state, tok, plan, num_workers, shard_tokens)
   return _finish(out, state)
 
 
-def _check_numbers(val_fraction, num_workers, shard_tokens, bpe_train_bytes) -> None:
+def _check_numbers(val_fraction, num_workers, shard_tokens, task_bytes, bpe_train_bytes) -> None:
   if not 0 < val_fraction < 1:
     raise ValueError(f'--val_fraction={val_fraction} is invalid: use a value in (0, 1).')
   if num_workers < 0:
     raise ValueError(f'--num_workers={num_workers} is invalid: use 0 (no worker processes) or '
                      'more.')
-  if shard_tokens < 1 or bpe_train_bytes < 1:
-    raise ValueError(f'--shard_tokens={shard_tokens} / --bpe_train_bytes={bpe_train_bytes} are '
-                     'invalid: use positive integers.')
+  for name, value in (('shard_tokens', shard_tokens), ('task_bytes', task_bytes),
+                      ('bpe_train_bytes', bpe_train_bytes)):
+    if value < 1:
+      raise ValueError(f'--{name}={value} is invalid: use a positive integer.')
 
 
 def _inputs(input: str, cfg, mode: str, field: str) -> list:
@@ -126,11 +130,11 @@ def _sync_dir(directory: str) -> None:
     os.close(fd)
 
 
-def _existing_state(out: str, arguments: dict) -> dict | None:
-  """The finished (`complete`) or partial dataset in `out` made with `arguments`, or None when
-  `out` is new or empty; refuses a directory holding anything else."""
+def _existing_state(out: str, arguments: dict) -> tuple[dict | None, bool]:
+  """(the dataset in `out` made with `arguments`, whether it is complete); (None, False) when
+  `out` is new or empty. Refuses a directory holding anything else."""
   if not os.path.exists(out):
-    return None
+    return None, False
   if not os.path.isdir(out):
     raise ValueError(f'--output={out!r} is a file: give a directory.')
   for name, complete in ((tokens.DATASET_FILE, True), (tokens.PROGRESS_FILE, False)):
@@ -145,15 +149,16 @@ def _existing_state(out: str, arguments: dict) -> dict | None:
         raise ValueError(f'--output={out!r} holds a dataset prepared with other arguments '
                          f'({_difference(state.get("arguments") or {}, arguments)}): use a new '
                          '--output, or delete that directory.')
-      return {**state, 'complete': complete}
+      return state, complete
   if os.listdir(out):
     raise ValueError(f'--output={out!r} is not empty and holds no prepared dataset: use a new or '
                      'empty directory.')
-  return None
+  return None, False
 
 
 def _difference(old: dict, new: dict) -> str:
-  key = next(k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k))
+  first = ('tokenizer', 'tokenizer_file', 'inputs')  # The likeliest reasons first.
+  key = next(k for k in [*first, *sorted(set(old) | set(new))] if old.get(k) != new.get(k))
   if key == 'inputs':
     return 'the input files or their contents differ'
   return f'{key}: {old.get(key)!r} there, {new.get(key)!r} now'
@@ -187,7 +192,7 @@ def _bar(total, desc: str, unit: str) -> tqdm.tqdm:
 # ----------------------------------------------------------------------------------- tokenizer
 
 
-def _tokenizer(out, state, given, inputs, counts, val_fraction, bpe_train_bytes):
+def _tokenizer(out: str, state: dict, given, plan: Plan, bpe_train_bytes: int):
   """The dataset's tokenizer: recorded in the state, or the given one, or BPE trained now;
   its model file is saved in `out` before the state names it."""
   if state['tokenizer'] is not None:
@@ -195,7 +200,7 @@ def _tokenizer(out, state, given, inputs, counts, val_fraction, bpe_train_bytes)
   spec = state['arguments']['tokenizer']
   if given is None:
     kind, vocab = tokenizers.parse_spec(spec)
-    sample = _train_text(inputs, counts, val_fraction, bpe_train_bytes)
+    sample = plan.train_text(bpe_train_bytes)
     print(f'Training {spec} on {bpe_train_bytes / 2**20:.0f} MiB of train text at most...')
     given = tokenizers.from_blob(kind, tokenizers.train_bpe(sample, int(vocab)), spec)
   if given.blob:
@@ -206,43 +211,48 @@ def _tokenizer(out, state, given, inputs, counts, val_fraction, bpe_train_bytes)
   return given
 
 
-def _train_text(inputs, counts, val_fraction, limit: int) -> Iterator[str]:
-  """The first `limit` bytes of train documents, as text pieces."""
-  seen = 0
-  for split, items in _tasks(inputs, counts, val_fraction):
-    if split != 'train':
-      continue
-    for piece, _ in items:
-      yield piece.decode('utf-8', 'replace')
-      seen += len(piece)
-      if seen >= limit:
-        return
+@dataclasses.dataclass
+class Plan:
+  """What gets tokenized in which order: the inputs, their document counts and the split rule."""
 
+  inputs: list
+  counts: list[int]
+  val_fraction: float
+  task_bytes: int
 
-# ---------------------------------------------------------------------------------- tokenizing
-
-
-def _tasks(inputs, counts, val_fraction) -> Iterator[tuple[str, list[documents.Piece]]]:
-  """(split, pieces of about TASK_BYTES) in a fixed order: the units of work."""
-  pending = {s: [] for s in tokens.SPLITS}
-  size = dict.fromkeys(tokens.SPLITS, 0)
-  for stream, n in zip(inputs, counts):
-    num_val, doc = documents.holdout(n, val_fraction), 0
-    for piece, ends in stream.pieces():
-      split = stream.split or ('validation' if documents.is_validation(doc, n, num_val)
-                               else 'train')
-      doc += ends
-      pending[split].append((piece, ends))
-      size[split] += len(piece)
-      if size[split] >= TASK_BYTES:
+  def tasks(self) -> Iterator[tuple[str, list[documents.Piece]]]:
+    """(split, pieces of about `task_bytes`) in a fixed order: the units of work."""
+    pending = {s: [] for s in tokens.SPLITS}
+    size = dict.fromkeys(tokens.SPLITS, 0)
+    for stream, n in zip(self.inputs, self.counts):
+      num_val, doc = documents.holdout(n, self.val_fraction), 0
+      for piece, ends in stream.pieces():
+        split = stream.split or ('validation' if documents.is_validation(doc, n, num_val)
+                                 else 'train')
+        doc += ends
+        pending[split].append((piece, ends))
+        size[split] += len(piece)
+        if size[split] >= self.task_bytes:
+          yield split, pending[split]
+          pending[split], size[split] = [], 0
+      if doc != n:
+        raise ValueError(f'the input changed while being prepared ({doc} documents, {n} '
+                         'counted): rerun when it is stable.')
+    for split in tokens.SPLITS:
+      if pending[split]:
         yield split, pending[split]
-        pending[split], size[split] = [], 0
-    if doc != n:
-      raise ValueError(f'the input changed while being prepared ({doc} documents, {n} counted): '
-                       'rerun when it is stable.')
-  for split in tokens.SPLITS:
-    if pending[split]:
-      yield split, pending[split]
+
+  def train_text(self, limit: int) -> Iterator[str]:
+    """The first `limit` bytes of train documents, as text pieces."""
+    seen = 0
+    for split, items in self.tasks():
+      if split != 'train':
+        continue
+      for piece, _ in items:
+        yield piece.decode('utf-8', 'replace')
+        seen += len(piece)
+        if seen >= limit:
+          return
 
 
 _WORKER_TOKENIZER: tokenizers.Tokenizer | None = None
@@ -264,12 +274,12 @@ def _encode(items: list[documents.Piece], tok: tokenizers.Tokenizer | None = Non
   return out, sum(len(p) for p, _ in items), sum(e for _, e in items)
 
 
-def _tokenize(out, state, tok, inputs, counts, val_fraction, num_workers, shard_tokens) -> None:
+def _tokenize(out: str, state: dict, tok, plan: Plan, num_workers: int, shard_tokens: int):
   """Runs every task not already in a finished shard, in order, into the split's writer."""
   writers = {s: ShardWriter(out, s, state, shard_tokens) for s in tokens.SPLITS}
   done = {s: sum(sh['tasks'] for sh in state['splits'][s]['shards']) for s in tokens.SPLITS}
   seen = dict.fromkeys(tokens.SPLITS, 0)
-  bar = _bar(sum(counts), f'tokenizing ({tok.spec})', 'doc')
+  bar = _bar(sum(plan.counts), f'tokenizing ({tok.spec})', 'doc')
   start, total_tokens, total_bytes = time.perf_counter(), 0, 0
   pool = None
   if num_workers:
@@ -289,7 +299,7 @@ def _tokenize(out, state, tok, inputs, counts, val_fraction, num_workers, shard_
     bar.update(ndocs)
 
   try:
-    for split, items in _tasks(inputs, counts, val_fraction):
+    for split, items in plan.tasks():
       seen[split] += 1
       if seen[split] <= done[split]:  # In a shard finished by an earlier run.
         bar.update(sum(e for _, e in items))
@@ -350,7 +360,7 @@ class ShardWriter:
 
 def _finish(out: str, state: dict) -> dict:
   """dataset.json (totals per split), then the progress file goes."""
-  manifest = {k: v for k, v in state.items() if k != 'complete'}
+  manifest = state
   for split in tokens.SPLITS:
     info = manifest['splits'][split]
     for key in ('tokens', 'bytes', 'documents'):
@@ -384,6 +394,8 @@ def define_flags() -> None:
                      'Documents held out for validation (without a TFDS validation split).')
   flags.DEFINE_integer('num_workers', os.cpu_count(), 'Tokenizer processes (0: in this one).')
   flags.DEFINE_integer('shard_tokens', DEFAULT_SHARD_TOKENS, 'Tokens per shard (at least).')
+  flags.DEFINE_integer('task_bytes', DEFAULT_TASK_BYTES, 'Text per worker task (and per step '
+                       'of resumption).')
   flags.DEFINE_integer('bpe_train_bytes', DEFAULT_BPE_TRAIN_BYTES,
                        'Train text bpe:<vocab> learns from (the first this many bytes).')
   for name in ('tfds_name', 'tfds_data_dir', 'tfds_text_feature', 'tfds_train_split',
@@ -405,7 +417,8 @@ def main(argv) -> None:
     return
   prepare(f.output, f.tokenizer, input=f.input, documents_mode=f.documents,
           jsonl_field=f.jsonl_field, val_fraction=f.val_fraction, num_workers=f.num_workers,
-          shard_tokens=f.shard_tokens, bpe_train_bytes=f.bpe_train_bytes,
+          shard_tokens=f.shard_tokens, task_bytes=f.task_bytes,
+          bpe_train_bytes=f.bpe_train_bytes,
           tfds_name=f.tfds_name, tfds_data_dir=f.tfds_data_dir,
           tfds_text_feature=f.tfds_text_feature, tfds_train_split=f.tfds_train_split,
           tfds_val_split=f.tfds_val_split)

@@ -1,4 +1,4 @@
-"""Tokenizers behind one interface: byte, byte-level BPE trained here, tokenizer.json, SentencePiece.
+"""Tokenizers behind one interface: bytes, BPE trained here, a tokenizer.json, SentencePiece.
 
     tok = tokenizers.from_spec('hf:gpt2/tokenizer.json')   # or 'byte', 'sentencepiece:m.model'
     ids = tok.encode('text')                     # int64 [n], no end-of-document
