@@ -1,4 +1,4 @@
-"""Tokenizers, `prepare` and the `tokens` source: round trips, splits, resumption, sharding, errors."""
+"""Tokenizers, `prepare` and the `tokens` source: round trips, splits, resuming, errors."""
 
 import gzip
 import json
@@ -118,7 +118,8 @@ def test_end_of_document_ids_and_fingerprints(every_tokenizer, model_files):
   assert (toks['bpe'].eod_id, toks['bpe'].eod_text, toks['bpe'].vocab_size) == (
       0, '<|endoftext|>', 300)
   import tokenizers as hf
-  size = {n: hf.Tokenizer.from_file(str(model_files[n])).get_vocab_size() for n in ('gpt2', 'noeos')}
+  size = {n: hf.Tokenizer.from_file(str(model_files[n])).get_vocab_size()
+          for n in ('gpt2', 'noeos')}
   assert toks['hf'].eod_text == '<|endoftext|>' and toks['hf'].vocab_size == size['gpt2']
   # No end-of-text token: one id appended after the vocabulary.
   assert (toks['hf-no-eos'].eod_id, toks['hf-no-eos'].vocab_size) == (size['noeos'],
@@ -368,8 +369,8 @@ def test_prepare_command_line(corpus, prepared):
   before = _tree(out)
   env = {**os.environ, 'PYTHONPATH': str(ROOT)}
   common = [sys.executable, '-m', 'fastslow_jax.data.prepare', f'--output={out}',
-            f'--input={corpus[0]}/*.txt', '--documents=paragraph', '--val_fraction=0.1', '--shard_tokens=2000',
-            '--task_bytes=2000']
+            f'--input={corpus[0]}/*.txt', '--documents=paragraph', '--val_fraction=0.1',
+            '--shard_tokens=2000', '--task_bytes=2000']
   bad = subprocess.run(common + ['--tokenizer=bpe:512'], cwd=ROOT, env=env, capture_output=True,
                        text=True)
   assert bad.returncode == 2 and bad.stderr.count('\n') == 1

@@ -27,8 +27,8 @@ A run records `tokenizer_fingerprint(cfg)` and refuses other data with `check_to
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
-import grain
 import ml_collections
 import numpy as np
 
@@ -37,6 +37,9 @@ from fastslow_jax.data import synthetic, text, tokenizers, tokens
 
 KINDS = ('synthetic', 'text', 'tfds', 'tokens')
 SPLITS = tokens.SPLITS  # Named by the prepared-dataset layout.
+
+if TYPE_CHECKING:
+  import grain
 
 
 class TokenDataset:
@@ -186,6 +189,8 @@ def make_iterator(dataset, *, batch_size: int, seed: int, shard_index: int = 0,
   batch k of all shards together is global batch k, and no batch straddles two epochs.
   `num_epochs=None` repeats forever. The state is {'next_index': batches * batch_size}.
   """
+  import grain  # Here, not at the top: prepare's worker processes import this package too.
+
   if batch_size < 1 or not 0 <= shard_index < shard_count:
     raise ValueError(f'batch_size={batch_size}, shard_index={shard_index}, '
                      f'shard_count={shard_count} are invalid: need batch_size >= 1 and '

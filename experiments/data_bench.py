@@ -1,0 +1,235 @@
+r"""Data pipeline figures: prepare throughput, loader throughput, peak memory against corpus size.
+
+    python -m experiments.data_bench                  # a 1 GB corpus under /tmp/data_bench
+    python -m experiments.data_bench --large_mb=64 --small_mb=4 --throughput_mb=8   # quick look
+
+Steps (a step whose output already exists in --workdir is reused):
+  1. corpus: --large_mb of text in 64 MB files, documents of about 4 KB separated by blank lines
+     (Shakespeare paragraphs drawn at random when that text is present, random words otherwise);
+     the small corpus is the first --small_mb of it.
+  2. `prepare` the small corpus with bpe:<--vocab> (this trains the tokenizer), then time
+     `prepare` over --throughput_mb of input with that trained tokenizer (as hf:tokenizer.json:
+     the same tokenization, no training) and with `byte`, on 1 and 2 worker processes.
+  3. `prepare` the large corpus with bpe:<--vocab> on 2 workers: wall time and peak memory.
+  4. loader: tokens/s of `data.make_iterator` at T=1024 over the large dataset, one process.
+  5. training: peak RSS of `fastslow_jax.train` (dense, tiny, 50 steps) on the large and on the
+     small dataset.
+The report goes to experiments/reports/data_bench/ (report.md, results.json).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import resource
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+from absl import app, flags
+
+from experiments import common
+from fastslow_jax import data
+
+_WORKDIR = flags.DEFINE_string('workdir', '/tmp/data_bench', 'Corpora, datasets and runs.')
+_LARGE = flags.DEFINE_integer('large_mb', 1024, 'Size of the large corpus (MB).')
+_SMALL = flags.DEFINE_integer('small_mb', 10, 'Size of the small corpus (MB).')
+_THROUGHPUT = flags.DEFINE_integer('throughput_mb', 64, 'Input timed per prepare row (MB).')
+_VOCAB = flags.DEFINE_integer('vocab', 2048, 'BPE vocabulary size.')
+_SEQ_LEN = flags.DEFINE_integer('seq_len', 1024, 'Window length T of the loader benchmark.')
+_BATCH = flags.DEFINE_integer('batch_size', 8, 'Windows per batch of the loader benchmark.')
+_LOADER_S = flags.DEFINE_float('loader_seconds', 20.0, 'How long the loader is timed.')
+_STEPS = flags.DEFINE_integer('train_steps', 50, 'Steps of each training run.')
+_OUT = flags.DEFINE_string('out_dir', None, 'Report directory (default: experiments/reports/).')
+
+MB = 10**6
+FILE_MB = 64
+WORDS = 'the of and to a in that is was he for it with as his on be at by had not'.split()
+
+
+def write_corpus(directory: pathlib.Path, size_mb: int, seed: int = 0) -> list[pathlib.Path]:
+  """`size_mb` of blank-line-separated documents of about 4 KB in files of FILE_MB."""
+  directory.mkdir(parents=True, exist_ok=True)
+  if common.DEFAULT_TEXT.exists():
+    paragraphs = [p.replace('\n', ' ') for p in common.DEFAULT_TEXT.read_text().split('\n\n')]
+  else:
+    rng = np.random.default_rng(seed)
+    paragraphs = [' '.join(rng.choice(WORDS, rng.integers(5, 40))) for _ in range(5000)]
+  rng, files, written = np.random.default_rng(seed), [], 0
+  while written < size_mb * MB:
+    path = directory / f'part-{len(files):04d}.txt'
+    with open(path, 'w') as f:
+      size = 0
+      while size < min(FILE_MB, size_mb - written / MB) * MB:
+        doc = '\n'.join(paragraphs[i] for i in rng.integers(0, len(paragraphs), 30)) + '\n\n'
+        size += f.write(doc)
+    files.append(path)
+    written += path.stat().st_size
+  return files
+
+
+# Runs a command in a process forked from this small interpreter and writes the command's peak
+# RSS and CPU seconds (its worker processes included): on Linux a child's ru_maxrss starts from
+# its parent's size at fork, so the benchmark (with JAX imported) must not be the parent.
+_MEASURE = """
+import os, sys
+pid = os.fork()
+if pid == 0:
+  os.execvp(sys.argv[2], sys.argv[2:])
+_, status, usage = os.wait4(pid, 0)
+with open(sys.argv[1], 'w') as f:
+  f.write(f'{usage.ru_maxrss} {usage.ru_utime + usage.ru_stime}')
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+def run_measured(args: list[str], log: pathlib.Path) -> dict[str, float]:
+  """Wall and CPU seconds and the peak RSS (MB) of the command's largest process; its output
+  goes to `log`."""
+  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  env['PYTHONPATH'] = str(common.REPO)
+  rss_file = log.with_suffix('.maxrss')
+  start = time.perf_counter()
+  with open(log, 'w') as out:
+    code = subprocess.run([sys.executable, '-c', _MEASURE, str(rss_file), *args], cwd=common.REPO,
+                          env=env, stdout=out, stderr=subprocess.STDOUT).returncode
+  if code:
+    raise SystemExit(f'{" ".join(args)} failed: see {log}')
+  rss, cpu = rss_file.read_text().split()
+  return {'seconds': time.perf_counter() - start, 'cpu_seconds': float(cpu),
+          'peak_rss_mb': int(rss) / 1024}
+
+
+def prepare(inputs: str, out: pathlib.Path, tokenizer: str, workers: int,
+            log_dir: pathlib.Path) -> dict:
+  """Runs `prepare` afresh; returns its timing, memory and dataset totals."""
+  shutil.rmtree(out, ignore_errors=True)
+  measured = run_measured(
+      [sys.executable, '-m', 'fastslow_jax.data.prepare', f'--input={inputs}', f'--output={out}',
+       f'--tokenizer={tokenizer}', '--documents=paragraph', f'--num_workers={workers}'],
+      log_dir / f'prepare-{out.name}.log')
+  manifest = json.loads((out / 'dataset.json').read_text())
+  nbytes = sum(manifest['splits'][s]['bytes'] for s in data.SPLITS)
+  ntokens = sum(manifest['splits'][s]['tokens'] for s in data.SPLITS)
+  seconds = measured['seconds']
+  return {'tokenizer': tokenizer, 'workers': workers, **measured, 'MB': nbytes / MB,
+          'MB_per_s': nbytes / MB / seconds, 'MB_per_cpu_s': nbytes / MB / measured['cpu_seconds'],
+          'tokens': ntokens, 'tokens_per_s': ntokens / seconds}
+
+
+def loader_throughput(path: pathlib.Path) -> dict:
+  """Tokens/s of the training iterator over a prepared dataset, and this process's memory."""
+  cfg = data.default_data_config()
+  cfg.update({'kind': 'tokens', 'path': str(path)})
+  rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+  dataset = data.make_dataset(cfg, seq_len=_SEQ_LEN.value, split='train')
+  iterator = data.make_iterator(dataset, batch_size=_BATCH.value, seed=0)
+  for _ in range(10):
+    next(iterator)
+  start, count = time.perf_counter(), 0
+  while time.perf_counter() - start < _LOADER_S.value:
+    count += next(iterator).shape[0] * _SEQ_LEN.value
+  elapsed = time.perf_counter() - start
+  return {'T': _SEQ_LEN.value, 'batch': _BATCH.value, 'windows': len(dataset),
+          'tokens_per_s': count / elapsed, 'tokens_read': count,
+          'peak_rss_mb_before': rss_before,
+          'peak_rss_mb_after': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def train_rss(path: pathlib.Path, root: pathlib.Path) -> dict:
+  workdir = root / f'run-{path.name}'
+  shutil.rmtree(workdir, ignore_errors=True)
+  measured = run_measured(
+      [sys.executable, '-m', 'fastslow_jax.train',
+       '--config=configs/fastslow.py:arm=dense,size=tiny', '--config.data.kind=tokens',
+       f'--config.data.path={path}', f'--config.total_steps={_STEPS.value}',
+       f'--workdir={workdir}'], root / f'train-{path.name}.log')
+  manifest = json.loads((path / 'dataset.json').read_text())
+  return {'dataset': path.name, 'train_tokens': manifest['splits']['train']['tokens'],
+          **measured}
+
+
+def corpora(root: pathlib.Path) -> tuple[str, str, str]:
+  """(large, small, throughput) inputs as globs / lists of files, written when missing."""
+  large_dir = root / f'corpus-{_LARGE.value}mb'
+  if not (large_dir / 'done').exists():
+    print(f'Writing a {_LARGE.value} MB corpus to {large_dir}...')
+    write_corpus(large_dir, _LARGE.value)
+    (large_dir / 'done').touch()
+  def head(mb: int) -> str:  # The first `mb` of the large corpus (whole files, or a cut file).
+    target = root / f'head-{mb}mb.txt'
+    if not target.exists():
+      with open(large_dir / 'part-0000.txt') as f:
+        cut = f.read(mb * MB)
+      target.write_text(cut[:cut.rfind('\n\n') + 2])
+    return str(target)
+  return f'{large_dir}/part-*.txt', head(_SMALL.value), head(_THROUGHPUT.value)
+
+
+def main(argv) -> None:
+  del argv
+  common.quiet()
+  root = pathlib.Path(_WORKDIR.value)
+  root.mkdir(parents=True, exist_ok=True)
+  started = time.perf_counter()
+  large, small, sample = corpora(root)
+  bpe = f'bpe:{_VOCAB.value}'
+  results = {'small_prepare': prepare(small, root / 'small', bpe, 2, root)}
+  trained = f'hf:{root / "small" / "tokenizer.json"}'
+  results['throughput'] = []
+  for tokenizer in ('byte', trained):
+    for workers in (1, 2):
+      row = prepare(sample, root / f'tp-{workers}', tokenizer, workers, root)
+      print(row)
+      results['throughput'].append(row)
+  print(f'Preparing the {_LARGE.value} MB corpus ({bpe}, 2 workers)...')
+  results['large_prepare'] = prepare(large, root / 'large', bpe, 2, root)
+  results['loader'] = loader_throughput(root / 'large')
+  print(results['loader'])
+  results['train'] = [train_rss(root / name, root) for name in ('large', 'small')]
+  print(results['train'])
+  report(results, time.perf_counter() - started)
+
+
+def report(results: dict, elapsed: float) -> None:
+  loader, (big, little), lp = results['loader'], results['train'], results['large_prepare']
+  load = ', '.join(f'{x:.1f}' for x in os.getloadavg())
+  rows = [[r['tokenizer'] if r['tokenizer'] == 'byte' else f'bpe:{_VOCAB.value} (trained)',
+           r['workers'], f'{r["MB"]:.0f}', f'{r["seconds"]:.1f}', f'{r["MB_per_s"]:.2f}',
+           f'{r["MB_per_cpu_s"]:.2f}', f'{r["tokens_per_s"] / 1e6:.2f}M',
+           f'{r["peak_rss_mb"]:.0f}']
+          for r in results['throughput']]
+  text = common.report_header('Data pipeline: prepare, loader and memory (data_bench)',
+                              common.command_line('experiments.data_bench'), elapsed)
+  text += (
+      '\n## Conclusion\n\n'
+      f'Loader: {loader["tokens_per_s"] / 1e6:.1f}M tokens/s in one process at T={loader["T"]} '
+      f'(target >= 2M). A training run\'s peak RSS is {big["peak_rss_mb"]:.0f} MB on the '
+      f'{_LARGE.value} MB corpus ({big["train_tokens"] / 1e6:.0f}M train tokens) and '
+      f'{little["peak_rss_mb"]:.0f} MB on the {_SMALL.value} MB one: '
+      f'{big["peak_rss_mb"] - little["peak_rss_mb"]:+.0f} MB (target: within 300 MB). Preparing '
+      f'the {_LARGE.value} MB corpus with bpe:{_VOCAB.value} on 2 workers took '
+      f'{lp["seconds"] / 60:.1f} min ({lp["MB_per_s"]:.2f} MB/s including tokenizer training; '
+      f'peak RSS {lp["peak_rss_mb"]:.0f} MB). Load average at the end: {load} on '
+      f'{os.cpu_count()} cores (the machine is shared: throughputs move with it).\n\n'
+      f'## prepare throughput ({_THROUGHPUT.value} MB of input, wall time with start-up)\n\n')
+  text += common.markdown_table(
+      ['tokenizer', 'workers', 'MB', 'seconds', 'MB/s', 'MB per CPU-second', 'tokens/s',
+       'peak RSS (MB)'], rows)
+  text += (f'\n## Loader (one process, T={loader["T"]}, batch {loader["batch"]}, '
+           f'{_LOADER_S.value:.0f} s)\n\n')
+  text += common.markdown_table(['dataset', 'windows', 'tokens/s'], [
+      [f'{_LARGE.value} MB', f'{loader["windows"]:,}', f'{loader["tokens_per_s"] / 1e6:.1f}M']])
+  text += f'\n## Training run memory (dense, tiny, {_STEPS.value} steps, peak RSS)\n\n'
+  text += common.markdown_table(['dataset', 'train tokens', 'seconds', 'peak RSS (MB)'], [
+      [f'{mb} MB', f'{r["train_tokens"]:,}', f'{r["seconds"]:.0f}', f'{r["peak_rss_mb"]:.0f}']
+      for mb, r in ((_LARGE.value, big), (_SMALL.value, little))])
+  path = common.write_report(common.report_dir('data_bench', _OUT.value), text, results)
+  print(f'Wrote {path}')
+
+
+if __name__ == '__main__':
+  app.run(main)
