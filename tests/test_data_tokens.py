@@ -328,6 +328,7 @@ def _tree(path):
     ('bad fraction', '--val_fraction=1.0 is invalid'),
     ('another tokenizer', 'prepared with other arguments .tokenizer:'),
     ('not a dataset', 'holds no prepared dataset'),
+    ('being written', 'is being written by another prepare'),
 ])
 def test_prepare_refuses_bad_input_writing_nothing(corpus, prepared, tmp_path, case, match):
   root, _ = corpus
@@ -356,9 +357,14 @@ def test_prepare_refuses_bad_input_writing_nothing(corpus, prepared, tmp_path, c
   elif case == 'not a dataset':
     out.mkdir()
     (out / 'notes.txt').write_text('mine')
+  elif case == 'being written':
+    out.mkdir()
+    held = prepare._lock(str(out))  # As another prepare holds it.
   before = _tree(out)
   with pytest.raises(ValueError, match=match) as e:
     prepare.prepare(str(out), spec, **kwargs)
+  if case == 'being written':
+    os.close(held)
   assert '\n' not in str(e.value)
   assert _tree(out) == before  # Nothing written, nothing touched.
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import fcntl
 import glob
 import hashlib
 import json
@@ -69,13 +70,38 @@ def prepare(output: str, tokenizer: str = 'byte', *, input: str = '', tfds_name:
     return state
   counts = _count_documents(inputs, val_fraction)
   os.makedirs(out, exist_ok=True)  # Everything has been checked: the first write.
+  lock = _lock(out)
+  try:
+    state, complete = _existing_state(out, arguments)  # Again, under the lock.
+    if complete:
+      return state
+    return _write(out, state, arguments, given, Plan(inputs, counts, val_fraction, task_bytes),
+                  num_workers, shard_tokens, bpe_train_bytes)
+  finally:
+    os.close(lock)
+
+
+def _lock(out: str) -> int:
+  """An exclusive lock on the directory (held until its fd is closed): two prepares into one
+  directory would interleave shards."""
+  fd = os.open(out, os.O_RDONLY)
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except OSError:
+    os.close(fd)
+    raise ValueError(f'--output={out!r} is being written by another prepare: wait for it, or '
+                     'use another --output.') from None
+  return fd
+
+
+def _write(out, state, arguments, given, plan, num_workers, shard_tokens, bpe_train_bytes):
+  """Starts or resumes writing `out`: tokenizer, shards, then dataset.json."""
   if state is None:
     state = {'format': tokens.FORMAT, 'arguments': arguments, 'tokenizer': None,
              'splits': {s: {'shards': []} for s in tokens.SPLITS}}
   for stale in glob.glob(os.path.join(glob.escape(out), '*.tmp')):
     os.remove(stale)  # Half-written shards or JSON of a killed run.
   _write_json(os.path.join(out, tokens.PROGRESS_FILE), state)
-  plan = Plan(inputs, counts, val_fraction, task_bytes)
   tok = _tokenizer(out, state, given, plan, bpe_train_bytes)
   _tokenize(out, state, tok, plan, num_workers, shard_tokens)
   return _finish(out, state)

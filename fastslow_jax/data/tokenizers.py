@@ -137,8 +137,8 @@ class HFTokenizer(Tokenizer):
     special = {t.content: i for i, t in self._tok.get_added_tokens_decoder().items() if t.special}
     name = next((n for n in EOD_NAMES if n in special), None)
     if name is not None:
-      self.eod_id, self.eod_text, self.vocab_size = special[name], name, max(size,
-                                                                             special[name] + 1)
+      self.eod_id, self.eod_text = special[name], name
+      self.vocab_size = max(size, self.eod_id + 1)
     else:  # No end-of-text token: one id after the vocabulary.
       self.eod_id, self.vocab_size = size, size + 1
 
