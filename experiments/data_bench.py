@@ -3,7 +3,7 @@ r"""Data pipeline figures: prepare throughput, loader throughput, peak memory ag
     python -m experiments.data_bench                  # a 1 GB corpus under /tmp/data_bench
     python -m experiments.data_bench --large_mb=64 --small_mb=4 --throughput_mb=8   # quick look
 
-Steps (a step whose output already exists in --workdir is reused):
+Steps:
   1. corpus: --large_mb of text in 64 MB files, documents of about 4 KB separated by blank lines
      (Shakespeare paragraphs drawn at random when that text is present, random words otherwise);
      the small corpus is the first --small_mb of it.
@@ -14,7 +14,8 @@ Steps (a step whose output already exists in --workdir is reused):
   4. loader: tokens/s of `data.make_iterator` at T=1024 over the large dataset, one process.
   5. training: peak RSS of `fastslow_jax.train` (dense, tiny, 50 steps) on the large and on the
      small dataset.
-The report goes to experiments/reports/data_bench/ (report.md, results.json).
+The report goes to experiments/reports/data_bench/ (report.md, results.json). A `prepare` step
+whose dataset and figures are in --workdir is not run again (delete them to re-time it).
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import resource
 import shutil
 import subprocess
 import sys
@@ -41,7 +41,7 @@ _THROUGHPUT = flags.DEFINE_integer('throughput_mb', 64, 'Input timed per prepare
 _VOCAB = flags.DEFINE_integer('vocab', 2048, 'BPE vocabulary size.')
 _SEQ_LEN = flags.DEFINE_integer('seq_len', 1024, 'Window length T of the loader benchmark.')
 _BATCH = flags.DEFINE_integer('batch_size', 8, 'Windows per batch of the loader benchmark.')
-_LOADER_S = flags.DEFINE_float('loader_seconds', 20.0, 'How long the loader is timed.')
+_LOADER_S = flags.DEFINE_float('loader_seconds', 50.0, 'How long the loader is timed.')
 _STEPS = flags.DEFINE_integer('train_steps', 50, 'Steps of each training run.')
 _OUT = flags.DEFINE_string('out_dir', None, 'Report directory (default: experiments/reports/).')
 
@@ -105,7 +105,14 @@ def run_measured(args: list[str], log: pathlib.Path) -> dict[str, float]:
 
 def prepare(inputs: str, out: pathlib.Path, tokenizer: str, workers: int,
             log_dir: pathlib.Path) -> dict:
-  """Runs `prepare` afresh; returns its timing, memory and dataset totals."""
+  """Runs `prepare` afresh (or reuses a finished run's figures); returns its timing, memory and
+  dataset totals."""
+  cached = log_dir / f'prepare-{out.name}.json'
+  key = {'inputs': inputs, 'tokenizer': tokenizer, 'workers': workers}
+  if cached.exists() and (out / 'dataset.json').exists():
+    row = json.loads(cached.read_text())
+    if row.pop('key') == key:
+      return row
   shutil.rmtree(out, ignore_errors=True)
   measured = run_measured(
       [sys.executable, '-m', 'fastslow_jax.data.prepare', f'--input={inputs}', f'--output={out}',
@@ -115,28 +122,35 @@ def prepare(inputs: str, out: pathlib.Path, tokenizer: str, workers: int,
   nbytes = sum(manifest['splits'][s]['bytes'] for s in data.SPLITS)
   ntokens = sum(manifest['splits'][s]['tokens'] for s in data.SPLITS)
   seconds = measured['seconds']
-  return {'tokenizer': tokenizer, 'workers': workers, **measured, 'MB': nbytes / MB,
-          'MB_per_s': nbytes / MB / seconds, 'MB_per_cpu_s': nbytes / MB / measured['cpu_seconds'],
-          'tokens': ntokens, 'tokens_per_s': ntokens / seconds}
+  row = {'tokenizer': tokenizer, 'workers': workers, **measured, 'MB': nbytes / MB,
+         'MB_per_s': nbytes / MB / seconds, 'MB_per_cpu_s': nbytes / MB / measured['cpu_seconds'],
+         'tokens': ntokens, 'tokens_per_s': ntokens / seconds}
+  cached.write_text(json.dumps({**row, 'key': key}))
+  return row
+
+
+def rss_mb() -> tuple[float, float]:
+  """(current, peak) resident memory of this process in MB, from /proc/self/status."""
+  status = dict(line.split(':', 1) for line in open('/proc/self/status'))
+  return (int(status['VmRSS'].split()[0]) / 1024, int(status['VmHWM'].split()[0]) / 1024)
 
 
 def loader_throughput(path: pathlib.Path) -> dict:
   """Tokens/s of the training iterator over a prepared dataset, and this process's memory."""
   cfg = data.default_data_config()
   cfg.update({'kind': 'tokens', 'path': str(path)})
-  rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
   dataset = data.make_dataset(cfg, seq_len=_SEQ_LEN.value, split='train')
   iterator = data.make_iterator(dataset, batch_size=_BATCH.value, seed=0)
   for _ in range(10):
     next(iterator)
+  rss_before = rss_mb()[0]
   start, count = time.perf_counter(), 0
   while time.perf_counter() - start < _LOADER_S.value:
     count += next(iterator).shape[0] * _SEQ_LEN.value
   elapsed = time.perf_counter() - start
   return {'T': _SEQ_LEN.value, 'batch': _BATCH.value, 'windows': len(dataset),
-          'tokens_per_s': count / elapsed, 'tokens_read': count,
-          'peak_rss_mb_before': rss_before,
-          'peak_rss_mb_after': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+          'tokens_per_s': count / elapsed, 'tokens_read': count, 'rss_mb_before': rss_before,
+          'rss_mb_after': rss_mb()[0]}
 
 
 def train_rss(path: pathlib.Path, root: pathlib.Path) -> dict:
@@ -221,8 +235,11 @@ def report(results: dict, elapsed: float) -> None:
        'peak RSS (MB)'], rows)
   text += (f'\n## Loader (one process, T={loader["T"]}, batch {loader["batch"]}, '
            f'{_LOADER_S.value:.0f} s)\n\n')
-  text += common.markdown_table(['dataset', 'windows', 'tokens/s'], [
-      [f'{_LARGE.value} MB', f'{loader["windows"]:,}', f'{loader["tokens_per_s"] / 1e6:.1f}M']])
+  text += common.markdown_table(
+      ['dataset', 'windows', 'tokens/s', 'tokens read', 'RSS before / after (MB)'],
+      [[f'{_LARGE.value} MB', f'{loader["windows"]:,}', f'{loader["tokens_per_s"] / 1e6:.1f}M',
+        f'{loader["tokens_read"] / 1e6:.0f}M',
+        f'{loader["rss_mb_before"]:.0f} / {loader["rss_mb_after"]:.0f}']])
   text += f'\n## Training run memory (dense, tiny, {_STEPS.value} steps, peak RSS)\n\n'
   text += common.markdown_table(['dataset', 'train tokens', 'seconds', 'peak RSS (MB)'], [
       [f'{mb} MB', f'{r["train_tokens"]:,}', f'{r["seconds"]:.0f}', f'{r["peak_rss_mb"]:.0f}']
