@@ -194,9 +194,9 @@ def main(argv) -> None:
   results = {'small_prepare': prepare(small, root / 'small', bpe, 2, root)}
   trained = f'hf:{root / "small" / "tokenizer.json"}'
   results['throughput'] = []
-  for tokenizer in ('byte', trained):
+  for name, tokenizer in (('byte', 'byte'), ('bpe', trained)):
     for workers in (1, 2):
-      row = prepare(sample, root / f'tp-{workers}', tokenizer, workers, root)
+      row = prepare(sample, root / f'tp-{name}-{workers}', tokenizer, workers, root)
       print(row)
       results['throughput'].append(row)
   print(f'Preparing the {_LARGE.value} MB corpus ({bpe}, 2 workers)...')
