@@ -158,7 +158,7 @@ def open_split(path: str, split: str, field: str = 'data.path') -> tuple[Sharded
   """(the split's tokens, its dataset.json entry); every shard must exist with its listed size."""
   manifest = read_manifest(path, field)
   directory, info = os.path.expanduser(path), manifest['splits'][split]
-  dtype = np.dtype(manifest['dtype'])
+  dtype = np.dtype(manifest['dtype']).newbyteorder('<')  # As written, whatever this host is.
   files = []
   for shard in info['shards']:
     file = os.path.join(directory, shard['file'])
