@@ -32,7 +32,7 @@ import numpy as np
 from absl import app, flags
 
 from experiments import common
-from fastslow_jax import data
+from fastslow_jax import cli, data
 
 _WORKDIR = flags.DEFINE_string('workdir', '/tmp/data_bench', 'Corpora, datasets and runs.')
 _LARGE = flags.DEFINE_integer('large_mb', 1024, 'Size of the large corpus (MB).')
@@ -185,7 +185,7 @@ def corpora(root: pathlib.Path) -> tuple[str, str, str]:
 
 def main(argv) -> None:
   del argv
-  common.quiet()
+  cli.quiet_library_logs()
   root = pathlib.Path(_WORKDIR.value)
   root.mkdir(parents=True, exist_ok=True)
   started = time.perf_counter()
