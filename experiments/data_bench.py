@@ -129,6 +129,33 @@ def prepare(inputs: str, out: pathlib.Path, tokenizer: str, workers: int,
   return row
 
 
+# Tokenizes the first MB megabytes of a file with a tokenizer.json in one thread, no prepare.
+_ENCODE = """
+import os, sys
+os.environ['TOKENIZERS_PARALLELISM'] = 'false'
+import tokenizers
+tok = tokenizers.Tokenizer.from_file(sys.argv[1])
+with open(sys.argv[2]) as f:
+  docs = f.read(int(sys.argv[3]) * 10**6).split('\\n\\n')
+tok.encode_batch_fast(docs, add_special_tokens=False)
+"""
+
+
+def concurrency_control(tokenizer_json: pathlib.Path, sample: str, mb: int = 16) -> dict:
+  """MB/s of the bare tokenizer in 1 process, then in 2 at once: what this machine's cores give
+  two independent processes, whatever prepare does."""
+  mb = min(mb, os.path.getsize(sample) // MB)
+
+  def run(copies: int) -> float:
+    start = time.perf_counter()
+    procs = [subprocess.Popen([sys.executable, '-c', _ENCODE, str(tokenizer_json), sample,
+                               str(mb)]) for _ in range(copies)]
+    if any(p.wait() for p in procs):
+      raise SystemExit('the tokenizer control failed')
+    return copies * mb / (time.perf_counter() - start)
+  return {'MB': mb, 'one_process_MB_per_s': run(1), 'two_processes_MB_per_s': run(2)}
+
+
 def rss_mb() -> tuple[float, float]:
   """(current, peak) resident memory of this process in MB, from /proc/self/status."""
   status = dict(line.split(':', 1) for line in open('/proc/self/status'))
@@ -199,6 +226,8 @@ def main(argv) -> None:
       row = prepare(sample, root / f'tp-{name}-{workers}', tokenizer, workers, root)
       print(row)
       results['throughput'].append(row)
+  results['control'] = concurrency_control(root / 'small' / 'tokenizer.json', sample)
+  print(results['control'])
   print(f'Preparing the {_LARGE.value} MB corpus ({bpe}, 2 workers)...')
   results['large_prepare'] = prepare(large, root / 'large', bpe, 2, root)
   results['loader'] = loader_throughput(root / 'large')
@@ -233,6 +262,11 @@ def report(results: dict, elapsed: float) -> None:
   text += common.markdown_table(
       ['tokenizer', 'workers', 'MB', 'seconds', 'MB/s', 'MB per CPU-second', 'tokens/s',
        'peak RSS (MB)'], rows)
+  control = results['control']
+  text += (f'\nControl, no prepare: the bare tokenizer over {control["MB"]} MB of the same text in '
+           f'one process ran at {control["one_process_MB_per_s"]:.2f} MB/s; two such processes '
+           f'at once at {control["two_processes_MB_per_s"]:.2f} MB/s together: what this '
+           'machine\'s cores give a second process at the time.\n')
   text += (f'\n## Loader (one process, T={loader["T"]}, batch {loader["batch"]}, '
            f'{_LOADER_S.value:.0f} s)\n\n')
   text += common.markdown_table(
