@@ -5,6 +5,7 @@
     logits = model(tokens)  # int32 [B, T] -> float32 [B, T, V]
 """
 
+from fastslow_jax.models.attention_backends import check_attention_platform
 from fastslow_jax.models.config import ARMS, ModelConfig
 from fastslow_jax.models.fastslow import Block, SlowPath, block_mean_pool, broadcast_completed_blocks
 from fastslow_jax.models.flops import FlopCount, flops_per_token
@@ -14,6 +15,7 @@ from fastslow_jax.models.model import (Decoder, build, gate_values, param_count,
 
 __all__ = [
     'ARMS', 'ATTENTION_BACKENDS', 'Block', 'Decoder', 'FlopCount', 'ModelConfig', 'SlowPath',
-    'attention', 'block_mean_pool', 'broadcast_completed_blocks', 'build', 'flops_per_token',
+    'attention', 'block_mean_pool', 'broadcast_completed_blocks', 'build',
+    'check_attention_platform', 'flops_per_token',
     'gate_values', 'param_count', 'trainable_filter', 'trainable_mask',
 ]
