@@ -112,7 +112,7 @@ def _tiles(impl: str, length: int, block_q: int, block_kv: int) -> tuple[int, in
 
 
 def _require_causal(impl: str, causal: bool) -> None:
-  if not causal:  # Both paths of the zoo are causal; a padded bidirectional kernel would leak.
+  if not causal:  # Both paths of the zoo are causal; without the mask, padding would be attended.
     raise NotImplementedError(f'attention_impl={impl!r} implements causal attention only.')
 
 
