@@ -28,7 +28,8 @@ from fastslow_jax import checkpointing, cli, data, metrics, models, runtime
 from fastslow_jax.rundir import RunDir
 
 # Model fields that change how, not what, is computed: a checkpoint survives changing them.
-EXECUTION_ONLY_FIELDS = ('dtype', 'attention_impl', 'remat')
+EXECUTION_ONLY_FIELDS = ('dtype', 'attention_impl', 'attention_block_q', 'attention_block_kv',
+                         'remat')
 
 
 # --------------------------------------------------------------------------- the loop

@@ -8,6 +8,7 @@ whose own tests only cover float16 (looser: 0.05 to 0.1).
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -18,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from etils import epath
 from flax import nnx
 
 from fastslow_jax import models, sharding
@@ -341,3 +343,21 @@ def test_aot_compile_refuses_a_kernel_the_target_cannot_run():
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert result.returncode == 2 and result.stderr.startswith('error: ')
   assert len(result.stderr.strip().splitlines()) == 1 and 'runs on tpu only' in result.stderr
+
+
+def test_kernel_choice_and_tiles_keep_a_workdir_resumable(tmp_path):
+  # Checkpoints written before the tile fields existed, or with another backend, still resume.
+  from configs import fastslow
+  from fastslow_jax import checkpointing, train
+  config = fastslow.get_config('size=tiny')
+  old = config.to_dict()
+  for field in ('attention_block_q', 'attention_block_kv'):
+    del old['model'][field]
+  (tmp_path / train.CONFIG_FILE).write_text(json.dumps(old))
+  (tmp_path / checkpointing.CHECKPOINT_DIR / '100').mkdir(parents=True)
+  config.unlock()
+  config.model.update(attention_impl='splash', attention_block_q=256, attention_block_kv=1024)
+  train.check_workdir(epath.Path(tmp_path), config, overwrite=False)
+  config.model.num_heads = 2  # What is computed changes: refused.
+  with pytest.raises(ValueError, match='different model'):
+    train.check_workdir(epath.Path(tmp_path), config, overwrite=False)
