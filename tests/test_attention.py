@@ -361,3 +361,16 @@ def test_kernel_choice_and_tiles_keep_a_workdir_resumable(tmp_path):
   config.model.num_heads = 2  # What is computed changes: refused.
   with pytest.raises(ValueError, match='different model'):
     train.check_workdir(epath.Path(tmp_path), config, overwrite=False)
+
+
+def test_config_tiles_reach_both_paths(monkeypatch):
+  calls = []
+  tiles = attention_lib._tiles
+  monkeypatch.setattr(attention_lib, '_tiles', lambda *a: calls.append(a) or tiles(*a))
+  cfg = ModelConfig(arm='coupled', vocab_size=64, seq_len=256, d_model=32, num_layers=1,
+                    num_heads=2, mlp_dim=64, P=8, slow_num_heads=2, phi_dim=64,
+                    attention_impl='splash', attention_block_q=256, attention_block_kv=128)
+  model = models.build(cfg, rngs=0)
+  with attention_lib.interpret_kernels():
+    jax.make_jaxpr(model)(jnp.zeros((1, 256), jnp.int32))
+  assert sorted(calls) == [('splash', 32, 256, 128), ('splash', 256, 256, 128)]  # Slow, fast.
