@@ -1,8 +1,8 @@
 """Attention kernels behind one switch: `attention(q, k, v, causal=, impl=)` on [B, T, H, D].
 
 The backends, where they run and what they need are listed in `attention_backends.py`; each
-names one function below. Every kernel computes softmax(q k^T / sqrt(D)) v, causal or not, and
-returns [B, T, H, D] in the dtype of the inputs.
+names one function below. Every kernel computes softmax(q k^T / sqrt(D)) v (the Pallas kernels
+causal only) and returns [B, T, H, D] in the dtype of the inputs.
 
 Pallas kernels (`splash`, `pallas_gpu`) are opaque to XLA's partitioner, so under a mesh they run
 inside `shard_map` on each device's rows and heads (the logical rules say which mesh axes those
@@ -136,7 +136,11 @@ def splash_attention(q: Array, k: Array, v: Array, causal: bool, *, block_q: int
 
 def _splash_kernel(heads: int, length: int, bq: int, bkv: int, interpret: bool):
   """A causal splash kernel for [H, length, D]. Built per trace: its mask tables become constants
-  of the traced program (splash caches the mask preprocessing itself)."""
+  of the traced program (splash caches the mask preprocessing itself).
+
+  Splash masks logits with a large finite value, not -inf; every causal row keeps its diagonal,
+  so masked weights underflow to exactly 0 (tests check future keys change nothing, bitwise).
+  """
   from jax.experimental.pallas.ops.tpu.splash_attention import (
       splash_attention_kernel as splash, splash_attention_mask as mask_lib)
 
