@@ -19,10 +19,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from etils import epath
 from flax import nnx
 
 from fastslow_jax import models, sharding
+from fastslow_jax.configs.common import SHARDING_RULES
 from fastslow_jax.models import ModelConfig, attention_backends
 from fastslow_jax.models import attention_kernels as attention_lib
 
@@ -125,7 +125,7 @@ def test_splash_in_the_model_under_a_mesh_matches_reference():
   (_, want), want_grads = jax.jit(step)(params)
   step, params = grads_and_logits('splash')
   mesh = sharding.make_mesh(dict(data=4, fsdp=1, tensor=2))
-  with jax.set_mesh(mesh), nnx.logical_axis_rules(sharding.DEFAULT_RULES), \
+  with jax.set_mesh(mesh), nnx.logical_axis_rules(SHARDING_RULES), \
       attention_lib.interpret_kernels():
     assert str(jax.make_jaxpr(step)(params)).count('shard_map') >= 2  # Fast and slow path.
     (_, got), grads = jax.jit(step)(params)
@@ -347,20 +347,21 @@ def test_aot_compile_refuses_a_kernel_the_target_cannot_run():
 
 def test_kernel_choice_and_tiles_keep_a_workdir_resumable(tmp_path):
   # Checkpoints written before the tile fields existed, or with another backend, still resume.
-  from configs import fastslow
-  from fastslow_jax import checkpointing, train
-  config = fastslow.get_config('size=tiny')
+  from fastslow_jax import train
+  from fastslow_jax.configs import fastslow
+  from fastslow_jax.rundir import RunDir
+  run, config = RunDir(tmp_path), fastslow.get_config('size=tiny')
   old = config.to_dict()
   for field in ('attention_block_q', 'attention_block_kv'):
     del old['model'][field]
-  (tmp_path / train.CONFIG_FILE).write_text(json.dumps(old))
-  (tmp_path / checkpointing.CHECKPOINT_DIR / '100').mkdir(parents=True)
+  run.config.write_text(json.dumps(old))
+  (run.checkpoints / '100').mkdir(parents=True)
   config.unlock()
   config.model.update(attention_impl='splash', attention_block_q=256, attention_block_kv=1024)
-  train.check_workdir(epath.Path(tmp_path), config, overwrite=False)
+  train.check_workdir(run, config, overwrite=False)
   config.model.num_heads = 2  # What is computed changes: refused.
   with pytest.raises(ValueError, match='different model'):
-    train.check_workdir(epath.Path(tmp_path), config, overwrite=False)
+    train.check_workdir(run, config, overwrite=False)
 
 
 def test_config_tiles_reach_both_paths(monkeypatch):
