@@ -129,6 +129,7 @@ class ModelSetup:
     self.mesh = sharding.make_mesh(config.mesh, devices)
     self.rules = sharding.check_rules(config.sharding_rules)
     self.model_config = models.ModelConfig.from_mapping(config.model)
+    models.check_attention_platform(self.model_config.attention_impl, self.mesh.devices.flat)
     self.abstract_model = nnx.eval_shape(lambda: models.build(self.model_config, rngs=config.seed))
     self.graphdef, params = nnx.split(self.abstract_model, nnx.Param)
     self.params_sharding = sharding.logical_shardings(params, self.mesh, self.rules)

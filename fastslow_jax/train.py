@@ -12,6 +12,7 @@ non-finite guard and the command line.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import signal
@@ -28,7 +29,9 @@ from fastslow_jax import checkpointing, cli, data, metrics, models, runtime
 from fastslow_jax.rundir import RunDir
 
 # Model fields that change how, not what, is computed: a checkpoint survives changing them.
-EXECUTION_ONLY_FIELDS = ('dtype', 'attention_impl', 'remat')  # Not scan_layers: the layout.
+EXECUTION_ONLY_FIELDS = ('dtype', 'attention_impl', 'attention_block_q', 'attention_block_kv',
+                         'remat')
+_MODEL_DEFAULTS = {f.name: f.default for f in dataclasses.fields(models.ModelConfig)}
 
 
 # --------------------------------------------------------------------------- the loop
@@ -68,10 +71,13 @@ class StopSignals:
 
 
 def check_workdir(run: RunDir, config: ml_collections.ConfigDict, overwrite: bool) -> None:
-  """Refuses a workdir whose checkpoints belong to a different model, unless `overwrite`."""
+  """Refuses a workdir whose checkpoints belong to a different model, unless `overwrite`.
+
+  A field the saved config lacks (added to the model since) counts as its default.
+  """
   if not run.config.exists() or not run.has_checkpoints():
     return
-  old = run.read_config().model
+  old = {**_MODEL_DEFAULTS, **run.read_config().model}
   changed = [f'model.{k}: {old.get(k)!r} -> {v!r}' for k, v in config.model.items()
              if k not in EXECUTION_ONLY_FIELDS and old.get(k) != v]
   if not changed:

@@ -59,7 +59,9 @@ class SlowPath(nnx.Module):
     dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
     self.attn = CausalSelfAttention(cfg.d_model, cfg.slow_num_heads, rope_theta=cfg.rope_theta,
                                     impl=cfg.attention_impl, dtype=dtype, param_dtype=param_dtype,
-                                    rngs=rngs, output_name='slow_attn')
+                                    rngs=rngs, output_name='slow_attn',
+                                    block_q=cfg.attention_block_q,
+                                    block_kv=cfg.attention_block_kv)
     self.phi = SwiGLU(cfg.d_model, cfg.phi_dim, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
                       output_name='phi')
     self.P = cfg.P
@@ -85,8 +87,9 @@ class Block(nnx.Module):
     kw = dict(dtype=dtype, param_dtype=param_dtype)
     self.attn_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps, rngs=rngs, **kw)
     self.fast = CausalSelfAttention(cfg.d_model, cfg.num_heads, rope_theta=cfg.rope_theta,
-                                    impl=cfg.attention_impl, rngs=rngs, output_name='fast_attn',
-                                    **kw)
+                                    impl=cfg.attention_impl, block_q=cfg.attention_block_q,
+                                    block_kv=cfg.attention_block_kv, rngs=rngs,
+                                    output_name='fast_attn', **kw)
     self.mlp_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps, rngs=rngs, **kw)
     self.mlp = SwiGLU(cfg.d_model, cfg.mlp_dim, rngs=rngs, output_name='mlp', **kw)
     self.slow = SlowPath(cfg, rngs=slow_rngs) if slow else None

@@ -7,14 +7,16 @@ with logical rules. Parameters live in `param_dtype`; compute happens in `dtype`
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import jax
 import jax.numpy as jnp
 from flax import nnx
 from flax.core import spmd as flax_spmd
 from jax.ad_checkpoint import checkpoint_name
 from jax.sharding import PartitionSpec
+
+# The attention switch lives beside its kernels (attention_kernels.py); layers re-exports it.
+from fastslow_jax.models.attention_kernels import attention
+from fastslow_jax.models.attention_backends import ATTENTION_BACKENDS  # noqa: F401
 
 Array = jax.Array
 default_init = nnx.initializers.variance_scaling(1.0, 'fan_in', 'truncated_normal')
@@ -35,40 +37,6 @@ def constrain(x: Array, axes: tuple[str | None, ...]) -> Array:
     return x
   spec = PartitionSpec(*flax_spmd.from_sharding_rules(axes, rules))
   return jax.lax.with_sharding_constraint(x, spec)
-
-
-# --------------------------------------------------------------------------- attention backends
-
-
-def _reference_attention(q: Array, k: Array, v: Array, causal: bool) -> Array:
-  """Plain softmax attention; masked logits are set to -inf (never a finite stand-in)."""
-  scale = q.shape[-1] ** -0.5
-  logits = jnp.einsum('bqhd,bkhd->bhqk', q, k, preferred_element_type=jnp.float32) * scale
-  if causal:
-    tq, tk = q.shape[1], k.shape[1]
-    mask = jnp.arange(tq)[:, None] >= jnp.arange(tk)[None, :]
-    logits = jnp.where(mask, logits, -jnp.inf)
-  weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-  return jnp.einsum('bhqk,bkhd->bqhd', weights, v)
-
-
-def _jax_nn_attention(implementation: str | None) -> Callable[..., Array]:
-  def attend(q, k, v, causal):
-    return jax.nn.dot_product_attention(q, k, v, is_causal=causal, implementation=implementation)
-  return attend
-
-
-# One switch for every attention in the zoo. Add fused kernels (e.g. TPU splash) here.
-ATTENTION_BACKENDS: dict[str, Callable[..., Array]] = {
-    'reference': _reference_attention,
-    'xla': _jax_nn_attention('xla'),
-    'cudnn': _jax_nn_attention('cudnn'),
-}
-
-
-def attention(q: Array, k: Array, v: Array, *, causal: bool, impl: str = 'reference') -> Array:
-  """Multi-head attention on [B, T, H, D] tensors through the selected backend."""
-  return ATTENTION_BACKENDS[impl](q, k, v, causal)
 
 
 # --------------------------------------------------------------------------- rotary positions
@@ -121,7 +89,8 @@ class CausalSelfAttention(nnx.Module):
   """
 
   def __init__(self, d_model: int, num_heads: int, *, rope_theta: float, impl: str, dtype,
-               param_dtype, rngs: nnx.Rngs, output_name: str = 'attn'):
+               param_dtype, rngs: nnx.Rngs, output_name: str = 'attn', block_q: int = 0,
+               block_kv: int = 0):
     head_dim = d_model // num_heads
     shape, axes = (d_model, num_heads, head_dim), ('embed', 'heads', 'kv')
     self.wq = param(rngs, default_init, shape, axes, param_dtype)
@@ -133,6 +102,7 @@ class CausalSelfAttention(nnx.Module):
                     param_dtype)
     self.rope_theta, self.impl, self.dtype = rope_theta, impl, dtype
     self.output_name = output_name  # What remat policies call the output (`checkpoint_name`).
+    self.block_q, self.block_kv = block_q, block_kv  # Tiles of fused kernels; 0: their default.
 
   def __call__(self, x: Array) -> Array:
     cast = lambda w: w[...].astype(self.dtype)
@@ -140,7 +110,8 @@ class CausalSelfAttention(nnx.Module):
     q = rotary(jnp.einsum('btd,dhk->bthk', x, cast(self.wq)), positions, self.rope_theta)
     k = rotary(jnp.einsum('btd,dhk->bthk', x, cast(self.wk)), positions, self.rope_theta)
     v = jnp.einsum('btd,dhk->bthk', x, cast(self.wv))
-    out = attention(q, k, v, causal=True, impl=self.impl)
+    out = attention(q, k, v, causal=True, impl=self.impl, block_q=self.block_q,
+                    block_kv=self.block_kv)
     return checkpoint_name(jnp.einsum('bthk,hkd->btd', out, cast(self.wo)), self.output_name)
 
 
