@@ -61,12 +61,20 @@ def attention(q: Array, k: Array, v: Array, *, causal: bool, impl: str = 'refere
 
 def reference_attention(q: Array, k: Array, v: Array, causal: bool) -> Array:
   """Plain softmax attention; masked logits are set to -inf (never a finite stand-in)."""
+  mask = None
+  if causal:
+    mask = jnp.arange(q.shape[1])[:, None] >= jnp.arange(k.shape[1])[None, :]
+  return masked_attention(q, k, v, mask)
+
+
+def masked_attention(q: Array, k: Array, v: Array, mask: Array | None) -> Array:
+  """Softmax attention of q [B, Tq, H, D] over k, v [B, Tk, H, D] where `mask` (broadcastable
+  to [B, Tq, Tk]) is True; used directly by decoding, whose queries read a key cache."""
   scale = q.shape[-1] ** -0.5
   logits = jnp.einsum('bqhd,bkhd->bhqk', q, k, preferred_element_type=jnp.float32) * scale
-  if causal:
-    tq, tk = q.shape[1], k.shape[1]
-    mask = jnp.arange(tq)[:, None] >= jnp.arange(tk)[None, :]
-    logits = jnp.where(mask, logits, -jnp.inf)
+  if mask is not None:
+    mask = mask[None] if mask.ndim == 2 else mask
+    logits = jnp.where(mask[:, None], logits, -jnp.inf)
   weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
   return jnp.einsum('bhqk,bkhd->bqhd', weights, v)
 

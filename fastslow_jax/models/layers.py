@@ -7,6 +7,7 @@ with logical rules. Parameters live in `param_dtype`; compute happens in `dtype`
 
 from __future__ import annotations
 
+import flax
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -15,7 +16,7 @@ from jax.ad_checkpoint import checkpoint_name
 from jax.sharding import PartitionSpec
 
 # The attention switch lives beside its kernels (attention_kernels.py); layers re-exports it.
-from fastslow_jax.models.attention_kernels import attention
+from fastslow_jax.models.attention_kernels import attention, masked_attention
 from fastslow_jax.models.attention_backends import ATTENTION_BACKENDS  # noqa: F401
 
 Array = jax.Array
@@ -43,16 +44,23 @@ def constrain(x: Array, axes: tuple[str | None, ...]) -> Array:
 
 
 def rotary(x: Array, positions: Array, theta: float) -> Array:
-  """Rotary position embedding of x [B, T, H, D] at integer `positions` [T]."""
+  """Rotary position embedding of x [B, T, H, D] at integer `positions` [T] or [B, T]."""
   half = x.shape[-1] // 2
   freq = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
-  angle = positions.astype(jnp.float32)[:, None] * freq[None, :]  # [T, D/2]
-  sin, cos = jnp.sin(angle)[None, :, None, :], jnp.cos(angle)[None, :, None, :]
+  angle = positions.astype(jnp.float32)[..., None] * freq  # [(B,) T, D/2]
+  sin, cos = jnp.sin(angle)[..., None, :], jnp.cos(angle)[..., None, :]  # Broadcast over heads.
   x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
   return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
 
 
 # --------------------------------------------------------------------------- modules
+
+
+@flax.struct.dataclass
+class KVCache:
+  """Keys and values of one attention layer for decoding, [B, cache length, H, head_dim] each."""
+  k: Array
+  v: Array
 
 
 class Embed(nnx.Module):
@@ -105,14 +113,38 @@ class CausalSelfAttention(nnx.Module):
     self.block_q, self.block_kv = block_q, block_kv  # Tiles of fused kernels; 0: their default.
 
   def __call__(self, x: Array) -> Array:
-    cast = lambda w: w[...].astype(self.dtype)
-    positions = jnp.arange(x.shape[1])
-    q = rotary(jnp.einsum('btd,dhk->bthk', x, cast(self.wq)), positions, self.rope_theta)
-    k = rotary(jnp.einsum('btd,dhk->bthk', x, cast(self.wk)), positions, self.rope_theta)
-    v = jnp.einsum('btd,dhk->bthk', x, cast(self.wv))
+    """Causal self-attention over the whole sequence x [B, T, D] (training, evaluation)."""
+    q, k, v = self._qkv(x, jnp.arange(x.shape[1]))
     out = attention(q, k, v, causal=True, impl=self.impl, block_q=self.block_q,
                     block_kv=self.block_kv)
-    return checkpoint_name(jnp.einsum('bthk,hkd->btd', out, cast(self.wo)), self.output_name)
+    return self._out(out)
+
+  def extend(self, x: Array, cache: KVCache, positions: Array) -> tuple[Array, KVCache]:
+    """Incremental attention (decoding): the S new vectors x [B, S, D] sit at `positions` [B, S]
+    of their rows. Their keys and values are written into `cache` there, and each query attends
+    to the cached keys at positions <= its own. Returns (output [B, S, D], updated cache)."""
+    q, k, v = self._qkv(x, positions)
+    rows = jnp.arange(x.shape[0])[:, None]
+    cache = KVCache(k=cache.k.at[rows, positions].set(k.astype(cache.k.dtype)),
+                    v=cache.v.at[rows, positions].set(v.astype(cache.v.dtype)))
+    mask = jnp.arange(cache.k.shape[1]) <= positions[:, :, None]  # [B, S, cache length]
+    return self._out(masked_attention(q, cache.k, cache.v, mask)), cache
+
+  def empty_cache(self, batch: int, length: int) -> KVCache:
+    """Zero keys and values for `length` positions per row."""
+    _, heads, head_dim = self.wk.shape
+    zeros = jnp.zeros((batch, length, heads, head_dim), self.dtype)
+    return KVCache(k=zeros, v=zeros)
+
+  def _qkv(self, x: Array, positions: Array) -> tuple[Array, Array, Array]:
+    cast = lambda w: w[...].astype(self.dtype)
+    q = rotary(jnp.einsum('btd,dhk->bthk', x, cast(self.wq)), positions, self.rope_theta)
+    k = rotary(jnp.einsum('btd,dhk->bthk', x, cast(self.wk)), positions, self.rope_theta)
+    return q, k, jnp.einsum('btd,dhk->bthk', x, cast(self.wv))
+
+  def _out(self, out: Array) -> Array:
+    wo = self.wo[...].astype(self.dtype)
+    return checkpoint_name(jnp.einsum('bthk,hkd->btd', out, wo), self.output_name)
 
 
 class SwiGLU(nnx.Module):
