@@ -14,6 +14,8 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from fastslow_jax.configs import ranges
+
 ARMS = ('dense', 'coupled', 'gate_frozen', 'slow_frozen')
 GATE_KINDS = ('scalar', 'channel')
 ATTENTION_IMPLS = ('reference', 'xla', 'cudnn')
@@ -54,9 +56,9 @@ class ModelConfig:
     for field in ('dtype', 'param_dtype'):
       _check(getattr(self, field) in DTYPES, field, getattr(self, field),
              f'choose one of {", ".join(DTYPES)}')
-    for field in ('vocab_size', 'seq_len', 'd_model', 'num_layers', 'num_heads', 'mlp_dim', 'P',
-                  'slow_num_heads', 'phi_dim'):
-      _check(getattr(self, field) > 0, field, getattr(self, field), 'use a positive integer')
+    for field in dataclasses.fields(self):  # Sizes and constants: their ranges have one owner.
+      if f'model.{field.name}' in ranges.RANGES:  # A vocabulary of -1 must be resolved by now.
+        ranges.check_value(f'model.{field.name}', getattr(self, field.name), allow_special=False)
     _check(self.d_model % self.num_heads == 0, 'num_heads', self.num_heads,
            f'it must divide model.d_model={self.d_model}; pick a divisor of {self.d_model}')
     _check((self.d_model // self.num_heads) % 2 == 0, 'num_heads', self.num_heads,
