@@ -1,12 +1,13 @@
-"""Every numeric config field has a declared range and is refused outside it in one line."""
+"""Every numeric config field and CLI flag has a declared range, refused outside it in one line."""
 
 import dataclasses
 import math
 
 import ml_collections
 import pytest
+from absl import flags
 
-from fastslow_jax import configlib, models, runtime
+from fastslow_jax import cli, configlib, models, runtime
 from fastslow_jax.configs import ranges
 from fastslow_jax.configs.fastslow import _MODEL_SIZES
 
@@ -99,3 +100,27 @@ def test_model_config_checks_its_fields_against_the_same_table():
     models.ModelConfig(vocab_size=-1)
   with pytest.raises(ValueError, match='model.norm_eps=0.0'):
     models.ModelConfig(norm_eps=0.0)
+
+
+def test_numeric_flags_must_declare_a_range():
+  values = flags.FlagValues()
+  flags.DEFINE_integer('bounded', None, 'h', lower_bound=0, flag_values=values)
+  flags.DEFINE_float('scale', 1.0, 'h', upper_bound=2.0, flag_values=values)
+  flags.DEFINE_string('name', 'x', 'h', flag_values=values)
+  flags.DEFINE_integer('unbounded', 3, 'h', flag_values=values)
+  cli.check_flag_ranges(['bounded', 'scale', 'name'], values)
+  with pytest.raises(TypeError, match='--unbounded declares no range'):
+    cli.check_flag_ranges(['bounded', 'unbounded'], values)
+
+
+@pytest.mark.parametrize('module', ['fastslow_jax.train', 'fastslow_jax.evaluate',
+                                    'fastslow_jax.distributed'])
+def test_every_entry_point_bounds_its_numeric_flags(module):
+  define = __import__(module, fromlist=['define_flags']).define_flags
+  before = set(flags.FLAGS)
+  try:
+    define()
+    cli.check_flag_ranges(set(flags.FLAGS) - before)
+  finally:
+    for name in set(flags.FLAGS) - before:
+      delattr(flags.FLAGS, name)
