@@ -114,7 +114,7 @@ def test_numeric_flags_must_declare_a_range():
 
 
 @pytest.mark.parametrize('module', ['fastslow_jax.train', 'fastslow_jax.evaluate',
-                                    'fastslow_jax.distributed'])
+                                    'fastslow_jax.demo', 'fastslow_jax.distributed'])
 def test_every_entry_point_bounds_its_numeric_flags(module):
   define = __import__(module, fromlist=['define_flags']).define_flags
   before = set(flags.FLAGS)
