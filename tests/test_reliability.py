@@ -4,6 +4,7 @@ import concurrent.futures
 import os
 import pathlib
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -151,6 +152,17 @@ def test_bad_evaluate_flags_and_workdir_are_refused(tmp_path, trained_workdir):
       (evaluate + ['--mesh=1,0,1'], "--mesh='1,0,1' is invalid"),
       (evaluate[:-1] + [f'--workdir={tmp_path}'], 'config.json not found'),
   ], tmp_path, trained_workdir)
+
+
+@pytest.mark.slow  # Trains and evaluates the demo model (about 30 s).
+def test_demo_prints_its_own_lines_and_no_library_logging(tmp_path):
+  result = run([sys.executable, '-m', 'fastslow_jax.demo', '--steps=4',
+                f'--workdir={tmp_path}/demo'])
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert 'gap_to_optimum' in result.stdout and 'gate/layer_1' in result.stdout
+  own = re.compile(r'^[IW]\d{4} [\d:.]+ +\d+ (train|evaluate|demo)\.py:\d+\] ')
+  foreign = [line for line in result.stderr.splitlines() if not own.match(line)]
+  assert not foreign, foreign[:5]
 
 
 def test_incompatible_workdir_is_refused_untouched_unless_overwrite(trained_workdir):
