@@ -23,6 +23,7 @@ import optax
 from flax import nnx
 
 from fastslow_jax import checkpointing, data, models, optim, sharding
+from fastslow_jax.configs import ranges
 
 
 @flax.struct.dataclass
@@ -39,8 +40,10 @@ def resolve_config(config: ml_collections.ConfigDict,
                    num_devices: int | None = None) -> ml_collections.ConfigDict:
   """Fills derived fields (vocab size from the data) and checks everything that needs no compile.
 
-  Raises ValueError with a one-line message naming the field and the fix.
+  Raises ValueError with a one-line message naming the field and the fix. Every numeric field
+  is first checked against its declared range (`configs.ranges`).
   """
+  ranges.check(config)
   config = ml_collections.ConfigDict(config.to_dict())  # Unlocked copy; the caller's is untouched.
   vocab = data.vocab_size(config.data)
   if config.model.vocab_size == -1:

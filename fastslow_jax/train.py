@@ -108,6 +108,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, devices=None,
   `datasets` replaces the sources `config.data` describes (an experiment's own data); the
   caller then owns their meaning, including on resume.
   """
+  run = RunDir(workdir)
+  run.check(write=True)  # Config, data and the filesystem are checked before anything is written.
   config = runtime.resolve_config(config, len(devices) if devices else None)
   T, batch = config.model.seq_len, config.batch_size
   if datasets is None:
@@ -117,7 +119,6 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, devices=None,
                                   seed=config.seed, shard_index=jax.process_index(),
                                   shard_count=jax.process_count(), shuffle=config.data.shuffle)
   setup = runtime.TrainSetup(config, devices)
-  run = RunDir(workdir)
   check_workdir(run, config, overwrite)
   if jax.process_index() == 0:  # Only once the config and the data have been checked.
     run.path.mkdir(parents=True, exist_ok=True)
@@ -249,7 +250,7 @@ def define_flags() -> None:
                                   lock_config=True)
   flags.DEFINE_string('workdir', None, 'Run directory (checkpoints, metrics, config).')
   flags.DEFINE_integer('stop_at_step', None, 'Stop (with a checkpoint) at this step without '
-                       'changing the schedule; the same command without it resumes.')
+                       'changing the schedule; the same command without it resumes.', lower_bound=0)
   flags.DEFINE_bool('overwrite', False, 'Delete checkpoints of a different model in --workdir '
                     'instead of refusing it.')
   flags.mark_flags_as_required(['config', 'workdir'])

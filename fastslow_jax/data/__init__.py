@@ -23,6 +23,7 @@ import grain
 import ml_collections
 import numpy as np
 
+from fastslow_jax.configs import ranges
 from fastslow_jax.configs.common import default_data_config
 from fastslow_jax.data import synthetic, text
 
@@ -90,10 +91,9 @@ def make_dataset(cfg: ml_collections.ConfigDict, *, seq_len: int, split: str) ->
   if seq_len < 1:
     raise ValueError(f'seq_len={seq_len} is invalid: use a positive integer.')
   if cfg.kind == 'synthetic':
-    num = int(cfg.num_train_windows if split == 'train' else cfg.num_val_windows)
     field = 'num_train_windows' if split == 'train' else 'num_val_windows'
-    if num < 1:
-      raise ValueError(f'data.{field}={num} is invalid: use a positive integer.')
+    ranges.check_value(f'data.{field}', cfg[field])
+    num = cfg[field]
     windows = synthetic.windows(_synthetic_source(cfg), split, num, seq_len + 1)
     return TokenDataset(windows.reshape(-1), seq_len=seq_len, stride=seq_len + 1,
                         vocab_size=int(cfg.vocab_size), bits_per_token_unit='token',

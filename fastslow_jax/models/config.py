@@ -14,6 +14,7 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from fastslow_jax.configs import ranges
 from fastslow_jax.models import attention_backends
 
 ARMS = ('dense', 'coupled', 'gate_frozen', 'slow_frozen')
@@ -68,10 +69,10 @@ class ModelConfig:
     for field in ('dtype', 'param_dtype'):
       _check(getattr(self, field) in DTYPES, field, getattr(self, field),
              f'choose one of {", ".join(DTYPES)}')
+    for field in dataclasses.fields(self):  # Sizes and constants: their ranges have one owner.
+      if f'model.{field.name}' in ranges.RANGES:  # A vocabulary of -1 must be resolved by now.
+        ranges.check_value(f'model.{field.name}', getattr(self, field.name), allow_special=False)
     self._check_attention()
-    for field in ('vocab_size', 'seq_len', 'd_model', 'num_layers', 'num_heads', 'mlp_dim', 'P',
-                  'slow_num_heads', 'phi_dim'):
-      _check(getattr(self, field) > 0, field, getattr(self, field), 'use a positive integer')
     _check(self.d_model % self.num_heads == 0, 'num_heads', self.num_heads,
            f'it must divide model.d_model={self.d_model}; pick a divisor of {self.d_model}')
     _check((self.d_model // self.num_heads) % 2 == 0, 'num_heads', self.num_heads,
