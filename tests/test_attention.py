@@ -200,7 +200,7 @@ def test_cudnn_needs_16_bit_compute(dtype):
 
 @pytest.mark.parametrize('impl,field,block', [
     ('splash', 'attention_block_q', 64), ('splash', 'attention_block_kv', 384),
-    ('pallas_gpu', 'attention_block_q', 8), ('pallas_gpu', 'attention_block_kv', -16),
+    ('pallas_gpu', 'attention_block_q', 8), ('pallas_gpu', 'attention_block_kv', 24),
     ('reference', 'attention_block_q', 3),
 ])
 def test_bad_tile_sizes(impl, field, block):
