@@ -71,7 +71,11 @@ class Embed(nnx.Module):
     self.dtype = dtype
 
   def __call__(self, tokens: Array) -> Array:
-    return jnp.take(self.table[...], tokens, axis=0).astype(self.dtype)
+    # Gather the table's embedding dimension first (FSDP: weights are all-gathered for use). Left
+    # sharded, the lookup yields activations split over `embed` that the partitioner can only
+    # turn into batch-split ones by replicating them ("involuntary full rematerialization").
+    table = constrain(self.table[...], ('vocab', None))
+    return jnp.take(table, tokens, axis=0).astype(self.dtype)
 
   def attend(self, x: Array) -> Array:
     return jnp.einsum('btd,vd->btv', x, self.table[...].astype(self.dtype),
