@@ -27,7 +27,8 @@ _PS = flags.DEFINE_list('Ps', ['8', '16', '32'], 'Pooling periods for the couple
 _BATCH = flags.DEFINE_integer('batch_size', 4, 'Global batch (sequences).')
 _STEPS = flags.DEFINE_integer('steps', 5, 'Timed steps per row.')
 _WARMUP = flags.DEFINE_integer('warmup', 2, 'Untimed steps per row (after compilation).')
-_IMPL = flags.DEFINE_string('attention_impl', 'reference', 'reference | xla | cudnn.')
+_IMPL = flags.DEFINE_enum('attention_impl', 'reference', list(models.ATTENTION_BACKENDS),
+                          'Attention backend.')
 _DTYPE = flags.DEFINE_string('dtype', None, 'Compute dtype (default: the size\'s).')
 _MESH = flags.DEFINE_string('mesh', '-1,1,1', 'data,fsdp,tensor.')
 

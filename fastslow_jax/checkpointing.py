@@ -23,9 +23,17 @@ def manager(workdir: str | os.PathLike, *, save_every: int = 1, keep: int | None
             read_only: bool = False) -> ocp.CheckpointManager:
   """The run's `CheckpointManager`: async saves every `save_every` steps, keeping `keep`."""
   options = ocp.CheckpointManagerOptions(
-      save_interval_steps=save_every, max_to_keep=keep, create=not read_only,
+      save_interval_steps=0 if read_only else save_every, max_to_keep=keep, create=not read_only,
       enable_async_checkpointing=not read_only, read_only=read_only)
-  return ocp.CheckpointManager(RunDir(workdir).checkpoints, options=options)
+  # Orbax warns on every read-only manager that it is read-only: we asked for it.
+  def asked_for(record) -> bool:
+    return not (read_only and record.getMessage().startswith('Given directory is read only'))
+  logger = logging.get_absl_logger()
+  logger.addFilter(asked_for)
+  try:
+    return ocp.CheckpointManager(RunDir(workdir).checkpoints, options=options)
+  finally:
+    logger.removeFilter(asked_for)
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state, data_iterator, *, batch_size: int,

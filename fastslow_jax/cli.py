@@ -1,7 +1,9 @@
-"""Plumbing shared by the command-line entry points (train, evaluate).
+"""Plumbing shared by the command-line entry points (train, evaluate, the demo).
 
 Bad flags, configs and input end the command with one line on stderr and exit status 2; a
 non-finite loss with exit status 1. Multi-process start-up and quiet library logs come first.
+Every numeric flag an entry point defines must declare its range (`lower_bound=` /
+`upper_bound=`), so absl refuses a value outside it while parsing, before anything runs.
 """
 
 from __future__ import annotations
@@ -18,7 +20,10 @@ from absl import logging as absl_logging
 from fastslow_jax import configlib, distributed
 
 
-def quiet_library_logs(prefixes=('orbax', 'grain', 'tensorstore', 'jax')) -> None:
+QUIET_LIBRARIES = ('orbax', 'grain', 'tensorstore', 'jax', 'tensorflow_datasets')
+
+
+def quiet_library_logs(prefixes=QUIET_LIBRARIES) -> None:
   """Keeps checkpointing and data libraries' INFO chatter out of the log (warnings stay)."""
   def keep(record: logging.LogRecord) -> bool:
     return record.levelno >= logging.WARNING or not any(
@@ -30,6 +35,16 @@ def error(e: Exception, status: int = 2):
   """Ends the command with a one-line message on stderr."""
   print(f'error: {str(e).strip().splitlines()[0]}', file=sys.stderr)
   sys.exit(status)
+
+
+def check_flag_ranges(names, flag_values: flags.FlagValues = flags.FLAGS) -> None:
+  """Fails (a programming error, not bad input) if a numeric flag among `names` has no range."""
+  for name in sorted(names):
+    parser = flag_values[name].parser
+    if (isinstance(parser, (flags.IntegerParser, flags.FloatParser))
+        and parser.lower_bound is None and parser.upper_bound is None):
+      raise TypeError(f'flag --{name} declares no range: pass lower_bound= and/or upper_bound= '
+                      'where it is defined, so that a value outside it is refused.')
 
 
 def _resolve_config_flag(argv: list[str]) -> list[str]:
@@ -65,8 +80,10 @@ def parse_flags(argv):
 
 def run(main: Callable[[], None], define_flags: Callable[[], None]) -> None:
   """Defines the flags, parses them, starts JAX's multi-process runtime if needed, runs `main`."""
+  before = set(flags.FLAGS)
   define_flags()
   distributed.define_flags()
+  check_flag_ranges(set(flags.FLAGS) - before)
 
   def wrapped(argv):
     del argv

@@ -37,7 +37,10 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
 
 
 def packaged_names() -> list[str]:
-  return sorted(p.stem for p in PACKAGED_CONFIGS.glob('*.py') if p.stem not in ('__init__', 'common'))
+  """Names of the config files in fastslow_jax/configs: its modules that define `get_config`
+  (the others hold what configs share, e.g. defaults and field ranges)."""
+  return sorted(p.stem for p in PACKAGED_CONFIGS.glob('*.py')
+                if 'def get_config(' in p.read_text())
 
 
 def resolve(spec: str) -> str:

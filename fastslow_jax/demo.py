@@ -6,6 +6,9 @@ r"""The quick start: the model zoo at a glance, then train -> checkpoint -> eval
 2. Trains the tiny `coupled` model on the synthetic fast-slow source (a minute or two on CPU),
    with checkpoints, metrics.jsonl and TensorBoard files in the workdir.
 3. Restores the checkpoint's parameters and evaluates them against the Bayes-optimal loss.
+
+It runs through the same command-line plumbing as train and evaluate (`cli.run`): libraries'
+INFO logging stays out of the terminal, and bad flags end in one line with exit status 2.
 """
 
 from __future__ import annotations
@@ -15,13 +18,11 @@ import time
 
 import jax
 import jax.numpy as jnp
-from absl import app, flags
+from absl import flags
 from flax import nnx
 
-from fastslow_jax import configlib, evaluate, models, train
-
-_STEPS = flags.DEFINE_integer('steps', 600, 'Training steps for the tiny coupled model.')
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (default: a new one in runs/).')
+from fastslow_jax import cli, configlib, evaluate, models, train
+from fastslow_jax.rundir import RunDir
 
 
 def zoo_table(vocab_size: int = 64) -> str:
@@ -43,18 +44,24 @@ def zoo_table(vocab_size: int = 64) -> str:
   return '\n'.join(lines)
 
 
-def main(argv):
-  del argv
+def define_flags() -> None:
+  flags.DEFINE_integer('steps', 600, 'Training steps for the tiny coupled model.', lower_bound=1)
+  flags.DEFINE_string('workdir', None, 'Run directory (default: a new one in runs/).')
+
+
+def main():
+  steps = flags.FLAGS.steps
+  workdir = flags.FLAGS.workdir or f'runs/demo-{datetime.datetime.now():%Y%m%d-%H%M%S}'
+  RunDir(workdir).check(write=True)  # Before the zoo table: a bad --workdir fails at once.
   print(f'JAX {jax.__version__} on {jax.device_count()} x {jax.devices()[0].device_kind}\n')
   print('The model zoo (size=tiny):')
   print(zoo_table(), '\n')
 
-  workdir = _WORKDIR.value or f'runs/demo-{datetime.datetime.now():%Y%m%d-%H%M%S}'
   config = configlib.load('fastslow:arm=coupled,size=tiny', {
-      'total_steps': _STEPS.value, 'eval_every': max(_STEPS.value // 4, 1),
-      'checkpoint_every': max(_STEPS.value // 4, 1), 'log_every': 25,
+      'total_steps': steps, 'eval_every': max(steps // 4, 1),
+      'checkpoint_every': max(steps // 4, 1), 'log_every': 25,
   })
-  print(f'Training tiny coupled (P={config.model.P}) for {_STEPS.value} steps on the synthetic '
+  print(f'Training tiny coupled (P={config.model.P}) for {steps} steps on the synthetic '
         f'source into {workdir} ...')
   start = time.perf_counter()
   last = train.train(config, workdir)
@@ -67,4 +74,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main, define_flags)

@@ -19,10 +19,10 @@ def define_flags() -> None:
   flags.DEFINE_string('coordinator_address', env('JAX_COORDINATOR_ADDRESS'),
                       'host:port of process 0; set for explicit multi-process runs.')
   flags.DEFINE_integer('num_processes', int(env('JAX_NUM_PROCESSES', 0)) or None,
-                       'Number of processes (with --coordinator_address).')
+                       'Number of processes (with --coordinator_address).', lower_bound=1)
   flags.DEFINE_integer('process_id', None if env('JAX_PROCESS_ID') is None
                        else int(env('JAX_PROCESS_ID')),
-                       'This process id, 0-based (with --coordinator_address).')
+                       'This process id, 0-based (with --coordinator_address).', lower_bound=0)
   flags.DEFINE_enum('distributed', 'auto', ['auto', 'off'],
                     "'auto': initialise when a coordinator is given or a cluster is detected.")
 

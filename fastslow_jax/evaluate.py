@@ -19,7 +19,8 @@ import jax
 from absl import flags, logging
 from flax import nnx
 
-from fastslow_jax import checkpointing, cli, data, models, runtime
+from fastslow_jax import checkpointing, cli, data, models, runtime, sharding
+from fastslow_jax.configs import ranges
 from fastslow_jax.rundir import RunDir
 
 
@@ -47,6 +48,18 @@ def checkpoint_steps(workdir: str) -> list[int]:
     mngr.close()
 
 
+def mesh_sizes(mesh: str) -> tuple[int, int, int]:
+  """'data,fsdp,tensor' (e.g. '1,-1,1') as three sizes; a one-line ValueError otherwise."""
+  parts = [p.strip() for p in str(mesh).split(',')]
+  sizes = tuple(int(p) for p in parts if p.lstrip('-').isdigit())
+  if (len(sizes) != len(parts) or len(sizes) != len(sharding.MESH_AXES) or sizes.count(-1) > 1
+      or not all(ranges.RANGES[f'mesh.{axis}'].contains(size)
+                 for axis, size in zip(sharding.MESH_AXES, sizes))):
+    raise ValueError(f'--mesh={mesh!r} is invalid: give three sizes data,fsdp,tensor, positive '
+                     'integers of which one may be -1 (the rest of the devices), e.g. 1,-1,1.')
+  return sizes
+
+
 def restore(workdir: str, step: int | None = None, *, mesh: str = '1,-1,1', devices=None,
             scan_layers: bool | None = None) -> Restored:
   """The parameters alone (no optimizer state) of the checkpoint at `step` (default latest),
@@ -56,10 +69,13 @@ def restore(workdir: str, step: int | None = None, *, mesh: str = '1,-1,1', devi
   `scan_layers` picks the layer layout of the restored model (default: the run's own); a
   checkpoint of either layout converts to the other (`models.scan`).
   """
-  config = RunDir(workdir).read_config()
+  run = RunDir(workdir)
+  run.check(run=True, write=False)
+  config = run.read_config()
   restored = _restore(workdir, step, config, mesh, devices)
-  if scan_layers is None or scan_layers == config.model.get('scan_layers', False):
+  if scan_layers is None or scan_layers == restored.config.model.get('scan_layers', False):
     return restored
+  config = restored.config
   config.model.scan_layers = scan_layers
   setup = runtime.ModelSetup(config, devices)
   params = models.convert_layout(restored.params, setup.model_config)
@@ -70,8 +86,10 @@ def restore(workdir: str, step: int | None = None, *, mesh: str = '1,-1,1', devi
 
 def _restore(workdir: str, step: int | None, config, mesh: str, devices) -> Restored:
   """`restore` in the layout the run was trained with."""
-  config.mesh.data, config.mesh.fsdp, config.mesh.tensor = (int(s) for s in mesh.split(','))
+  config.mesh.data, config.mesh.fsdp, config.mesh.tensor = mesh_sizes(mesh)
   config.mesh.dcn_data = 1  # The local devices are laid out afresh.
+  config.grad_accum_steps = 1  # No train step here: batches need only divide the new mesh.
+  config = runtime.resolve_config(config, len(devices) if devices else None)
   setup = runtime.ModelSetup(config, devices)
   mngr = checkpointing.manager(workdir, read_only=True)
   try:
@@ -96,6 +114,10 @@ def evaluate(workdir: str, *, step: int | None = None, split: str = 'validation'
              dataset=None) -> dict[str, Any]:
   """Evaluates the checkpoint at `step` (default latest) of `workdir`; returns the results and
   writes them to the run directory. `dataset` replaces the split of the run's configured data."""
+  RunDir(workdir).check(run=True, write=True)
+  if num_batches is not None and num_batches < 1:
+    raise ValueError(f'--batches={num_batches} is invalid: use a positive integer (or leave it '
+                     'out for the run\'s eval_batches).')
   restored = restore(workdir, step, mesh=mesh, devices=devices)
   config, step = restored.config, restored.step
   configured = dataset is None
@@ -133,9 +155,10 @@ def format_result(out: dict[str, Any]) -> str:
 
 def define_flags() -> None:
   flags.DEFINE_string('workdir', None, 'Run directory written by fastslow_jax.train.')
-  flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).')
+  flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).', lower_bound=0)
   flags.DEFINE_enum('split', 'validation', ['train', 'validation'], 'Data split.')
-  flags.DEFINE_integer('batches', None, 'Batches to evaluate (default: the run\'s eval_batches).')
+  flags.DEFINE_integer('batches', None, 'Batches to evaluate (default: the run\'s eval_batches).',
+                       lower_bound=1)
   flags.DEFINE_string('mesh', '1,-1,1', 'data,fsdp,tensor sizes over the local devices.')
   flags.mark_flags_as_required(['workdir'])
 

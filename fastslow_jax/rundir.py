@@ -27,6 +27,8 @@ class RunDir:
 
   def __init__(self, workdir: str | os.PathLike):
     workdir = os.fspath(workdir)
+    if not workdir.strip():  # abspath('') would quietly be the current directory.
+      raise ValueError('--workdir is empty: name the run directory.')
     if '://' not in workdir:  # Orbax needs absolute local paths (gs:// and the like are).
       workdir = os.path.abspath(workdir)
     object.__setattr__(self, 'path', epath.Path(workdir))
@@ -50,15 +52,74 @@ class RunDir:
   def eval_result(self, split: str, step: int) -> epath.Path:
     return self.path / f'eval_{split}_{step}.json'
 
+  def layout(self) -> tuple[tuple[epath.Path, bool], ...]:
+    """(path, is a directory) of the entries tools write directly in the run directory."""
+    return ((self.config, False), (self.metrics, False), (self.checkpoints, True),
+            (self.tensorboard, True))
+
+  def check(self, *, run: bool = False, write: bool = True) -> None:
+    """The filesystem preconditions of a tool using this directory, checked before anything is
+    compiled or written; a one-line ValueError naming the path and the fix otherwise.
+
+    `run`: it must be a run directory already (training wrote its config); `write`: the tool
+    writes here, so the directory (or the nearest existing ancestor that it would be created
+    under) must be a writable directory. Remote paths (gs://...) get only the `run` check.
+    """
+    local = '://' not in str(self.path)
+    if local and os.path.exists(self.path) and not os.path.isdir(self.path):
+      raise ValueError(f'--workdir {self.path} is a file, not a directory: choose another '
+                       '--workdir.')
+    if local:
+      for path, is_dir in self.layout():
+        _check_kind(str(path), is_dir)
+    if run and not self.config.exists():
+      raise ValueError(self._not_a_run())
+    if local and write:
+      _check_writable(self)
+
+  def _not_a_run(self) -> str:
+    return f'{self.config} not found: --workdir must be a directory written by fastslow_jax.train.'
+
   def has_checkpoints(self) -> bool:
     return self.checkpoints.exists() and any(self.checkpoints.iterdir())
 
   def read_config(self) -> ml_collections.ConfigDict:
     """The resolved config a training run wrote here; a one-line ValueError if there is none."""
     if not self.config.exists():
-      raise ValueError(f'{self.config} not found: --workdir must be a directory written by '
-                       'fastslow_jax.train.')
-    return ml_collections.ConfigDict(json.loads(self.config.read_text()))
+      raise ValueError(self._not_a_run())
+    try:
+      return ml_collections.ConfigDict(json.loads(self.config.read_text()))
+    except json.JSONDecodeError as e:
+      raise ValueError(f'{self.config} is not valid JSON ({e}): restore it, or train into a new '
+                       '--workdir.') from None
 
   def write_config(self, config: ml_collections.ConfigDict) -> None:
     self.config.write_text(config.to_json_best_effort(indent=2) + '\n')
+
+
+def _check_kind(path: str, is_dir: bool) -> None:
+  """A local `path`, where it exists, is a directory (`is_dir`) or a file, as the layout says."""
+  if os.path.lexists(path) and not os.path.exists(path):
+    raise ValueError(f'{path} is a broken symbolic link: remove it or choose another --workdir.')
+  if os.path.exists(path) and os.path.isdir(path) != is_dir:
+    kind, want = ('a file', 'a directory') if is_dir else ('a directory', 'a file')
+    raise ValueError(f'{path} is {kind}, but the run directory needs {want} there: remove it or '
+                     'choose another --workdir.')
+
+
+def _check_writable(run: RunDir) -> None:
+  """The run directory can be created, or it and the entries of its layout can be written."""
+  path = existing = str(run.path)
+  while not os.path.lexists(existing):
+    existing = os.path.dirname(existing)
+  if existing != path:  # To be created under `existing`.
+    if not os.path.isdir(existing):
+      raise ValueError(f'--workdir {path} cannot be created: {existing} is a file. Choose another '
+                       '--workdir.')
+    if not os.access(existing, os.W_OK | os.X_OK):
+      raise ValueError(f'--workdir {path} cannot be created: {existing} is not writable. Fix its '
+                       'permissions or choose another --workdir.')
+    return
+  for entry, is_dir in ((path, True), *((str(p), d) for p, d in run.layout())):
+    if os.path.exists(entry) and not os.access(entry, os.W_OK | (os.X_OK if is_dir else 0)):
+      raise ValueError(f'{entry} is not writable: fix its permissions or choose another --workdir.')

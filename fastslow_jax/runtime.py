@@ -23,6 +23,7 @@ import optax
 from flax import nnx
 
 from fastslow_jax import checkpointing, data, models, optim, sharding
+from fastslow_jax.configs import ranges
 
 
 @flax.struct.dataclass
@@ -39,8 +40,10 @@ def resolve_config(config: ml_collections.ConfigDict,
                    num_devices: int | None = None) -> ml_collections.ConfigDict:
   """Fills derived fields (vocab size from the data) and checks everything that needs no compile.
 
-  Raises ValueError with a one-line message naming the field and the fix.
+  Raises ValueError with a one-line message naming the field and the fix. Every numeric field
+  is first checked against its declared range (`configs.ranges`).
   """
+  ranges.check(config)
   config = ml_collections.ConfigDict(config.to_dict())  # Unlocked copy; the caller's is untouched.
   vocab = data.vocab_size(config.data)
   if config.model.vocab_size == -1:
@@ -129,6 +132,7 @@ class ModelSetup:
     self.mesh = sharding.make_mesh(config.mesh, devices)
     self.rules = sharding.check_rules(config.sharding_rules)
     self.model_config = models.ModelConfig.from_mapping(config.model)
+    models.check_attention_platform(self.model_config.attention_impl, self.mesh.devices.flat)
     self.abstract_model = nnx.eval_shape(lambda: models.build(self.model_config, rngs=config.seed))
     self.graphdef, params = nnx.split(self.abstract_model, nnx.Param)
     self.params_sharding = sharding.logical_shardings(params, self.mesh, self.rules)

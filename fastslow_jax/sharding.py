@@ -18,6 +18,8 @@ from flax import nnx
 from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from fastslow_jax.configs import ranges
+
 MESH_AXES = ('data', 'fsdp', 'tensor')
 LOGICAL_AXES = ('batch', 'length', 'vocab', 'embed', 'heads', 'kv', 'mlp', 'norm', 'layers')
 # Logical axes that rules written before the axis existed may leave out, and where they then go.
@@ -28,10 +30,12 @@ Rules = tuple[tuple[str, str | tuple[str, ...] | None], ...]
 
 def mesh_shape(sizes: dict[str, int], num_devices: int) -> tuple[int, ...]:
   """Resolves mesh sizes in MESH_AXES order; one size may be -1, meaning 'the rest'."""
-  shape = [int(sizes[a]) for a in MESH_AXES]  # `sizes`: a dict or ConfigDict.
+  for axis in MESH_AXES:  # `sizes`: a dict or ConfigDict.
+    ranges.check_value(f'mesh.{axis}', sizes[axis])
+  shape = [sizes[a] for a in MESH_AXES]
   given = ', '.join(f'mesh.{a}={s}' for a, s in zip(MESH_AXES, shape))
-  if shape.count(-1) > 1 or any(s == 0 or s < -1 for s in shape):
-    raise ValueError(f'{given} is invalid: use positive sizes, with at most one -1 for "the rest".')
+  if shape.count(-1) > 1:
+    raise ValueError(f'{given} is invalid: at most one size may be -1 ("the rest").')
   known = math.prod(s for s in shape if s != -1)
   if -1 in shape:
     if num_devices % known:
@@ -53,7 +57,8 @@ def make_mesh(sizes, devices: Sequence[jax.Device] | None = None) -> Mesh:
   """
   devices = list(jax.devices() if devices is None else devices)
   shape = mesh_shape(sizes, len(devices))
-  dcn = int(sizes.get('dcn_data', 1))
+  dcn = sizes.get('dcn_data', 1)
+  ranges.check_value('mesh.dcn_data', dcn)
   axis_types = (AxisType.Auto,) * len(MESH_AXES)
   if dcn > 1:
     if shape[0] % dcn:

@@ -12,6 +12,7 @@ non-finite guard and the command line.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import signal
@@ -28,7 +29,9 @@ from fastslow_jax import checkpointing, cli, data, metrics, models, runtime
 from fastslow_jax.rundir import RunDir
 
 # Model fields that change how, not what, is computed: a checkpoint survives changing them.
-EXECUTION_ONLY_FIELDS = ('dtype', 'attention_impl', 'remat')  # Not scan_layers: the layout.
+EXECUTION_ONLY_FIELDS = ('dtype', 'attention_impl', 'attention_block_q', 'attention_block_kv',
+                         'remat')
+_MODEL_DEFAULTS = {f.name: f.default for f in dataclasses.fields(models.ModelConfig)}
 
 
 # --------------------------------------------------------------------------- the loop
@@ -68,10 +71,13 @@ class StopSignals:
 
 
 def check_workdir(run: RunDir, config: ml_collections.ConfigDict, overwrite: bool) -> None:
-  """Refuses a workdir whose checkpoints belong to a different model, unless `overwrite`."""
+  """Refuses a workdir whose checkpoints belong to a different model, unless `overwrite`.
+
+  A field the saved config lacks (added to the model since) counts as its default.
+  """
   if not run.config.exists() or not run.has_checkpoints():
     return
-  old = run.read_config().model
+  old = {**_MODEL_DEFAULTS, **run.read_config().model}
   changed = [f'model.{k}: {old.get(k)!r} -> {v!r}' for k, v in config.model.items()
              if k not in EXECUTION_ONLY_FIELDS and old.get(k) != v]
   if not changed:
@@ -102,6 +108,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, devices=None,
   `datasets` replaces the sources `config.data` describes (an experiment's own data); the
   caller then owns their meaning, including on resume.
   """
+  run = RunDir(workdir)
+  run.check(write=True)  # Config, data and the filesystem are checked before anything is written.
   config = runtime.resolve_config(config, len(devices) if devices else None)
   T, batch = config.model.seq_len, config.batch_size
   if datasets is None:
@@ -111,7 +119,6 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, devices=None,
                                   seed=config.seed, shard_index=jax.process_index(),
                                   shard_count=jax.process_count(), shuffle=config.data.shuffle)
   setup = runtime.TrainSetup(config, devices)
-  run = RunDir(workdir)
   check_workdir(run, config, overwrite)
   if jax.process_index() == 0:  # Only once the config and the data have been checked.
     run.path.mkdir(parents=True, exist_ok=True)
@@ -243,7 +250,7 @@ def define_flags() -> None:
                                   lock_config=True)
   flags.DEFINE_string('workdir', None, 'Run directory (checkpoints, metrics, config).')
   flags.DEFINE_integer('stop_at_step', None, 'Stop (with a checkpoint) at this step without '
-                       'changing the schedule; the same command without it resumes.')
+                       'changing the schedule; the same command without it resumes.', lower_bound=0)
   flags.DEFINE_bool('overwrite', False, 'Delete checkpoints of a different model in --workdir '
                     'instead of refusing it.')
   flags.mark_flags_as_required(['config', 'workdir'])

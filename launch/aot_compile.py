@@ -1,16 +1,21 @@
-r"""Compile the train step for a TPU slice you do not have, and print its per-device memory.
+r"""Compile the train step for TPUs or GPUs you do not have, and print its per-device memory.
 
     python -m launch.aot_compile --topology=v5e:4x4 \
         --config=configs/fastslow.py:arm=coupled,size=1b [--config.batch_size=256 ...]
     python -m launch.aot_compile --topology=v4-32 --config=configs/fastslow.py:size=350m
+    python -m launch.aot_compile --topology=h100:8 --config=configs/fastslow.py:size=124m \
+        --config.model.attention_impl=cudnn
     python -m launch.aot_compile --topology=cpu:8 --config=configs/fastslow.py:size=tiny
 
 The train step is lowered and compiled exactly as `fastslow_jax.train` does it (same mesh, same
-shardings, same donated state), but for compile-only devices that libtpu describes from the
-topology name: an out-of-memory config is caught before a job is queued. A TPU topology needs the
-`libtpu` package (`pip install 'jax[tpu]'`, or `pip install libtpu` matching your jax; Linux
-only). Where libtpu cannot be had the script prints one `skipped:` line and exits 0. `cpu:N`
-compiles for N local CPU devices, which tests the script anywhere.
+shardings, same donated state), but for compile-only devices described from the topology name:
+an out-of-memory config (or an attention kernel that does not compile for the target) is caught
+before a job is queued. A TPU topology needs the `libtpu` package (`pip install libtpu` matching
+your jax, or `pip install -e '.[test]'`; Linux x86_64 only). A GPU topology (`<model>:<gpus per
+host>` or `<model>:<hosts>x<gpus per host>`, models as in launch/gpu_targets/) needs JAX's CUDA
+plugin and, for cuDNN attention, the cuDNN libraries (`pip install -e '.[aot-gpu]'`), no GPU.
+Where these cannot be had the script prints one `skipped:` line and exits 0. `cpu:N` compiles for
+N local CPU devices, which tests the script anywhere.
 
 Exit status: 0 compiled (or skipped), 1 the step does not fit in device memory, 2 bad flags or
 config (one line on stderr).
@@ -21,6 +26,8 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
+import pathlib
+import re
 import sys
 import time
 
@@ -36,7 +43,8 @@ _CONFIG = config_flags.DEFINE_config_file(
 _TOPOLOGY = flags.DEFINE_string(
     'topology', None, "Target devices: a TPU topology '<generation>:<chips>' (v4:2x2x2, v5p:2x2x4, "
     "v5e:4x4, v6e:2x4, tpu7x:2x2x1), a Cloud TPU accelerator type (v4-32, v5p-16, "
-    "v5litepod-16, v6e-8), or 'cpu:N' for N local CPU devices.")
+    "v5litepod-16, v6e-8), a GPU model and count (h100:8, a100:2x8 for 2 hosts of 8; models: "
+    "launch/gpu_targets/), or 'cpu:N' for N local CPU devices.")
 _NUM_SLICES = flags.DEFINE_integer(
     'num_slices', 1, 'TPU slices joined over DCN (multi-slice); set --config.mesh.dcn_data to the '
     'same number so the data axis spans them.')
@@ -50,8 +58,15 @@ _THREE_D = ('v4', 'v5p', 'tpu7x')  # Generations with a 3-D chip torus.
 # libtpu keyword arguments per generation: v4 chips are one JAX device each (megacore), as on
 # real v4 slices; libtpu's default would expose each of the two TensorCores separately.
 _TOPOLOGY_KWARGS = {'v4': dict(chip_config_name='megacore')}
-# HBM per JAX device, GiB (device_kind as libtpu reports it).
+# HBM per JAX device, GiB (device_kind as libtpu reports it). GPUs: from their target file.
 _HBM_GIB = {'TPU v4': 32, 'TPU v5 lite': 16, 'TPU v5': 95, 'TPU v6 lite': 32}
+# One XLA GPU target description (stream_executor.GpuTargetConfigProto, text) per GPU model,
+# named <model>.txtpb: what deviceless compilation for that GPU needs instead of the GPU.
+GPU_TARGETS = pathlib.Path(__file__).resolve().parent / 'gpu_targets'
+
+
+def gpu_models() -> tuple[str, ...]:
+  return tuple(sorted(path.stem for path in GPU_TARGETS.glob('*.txtpb')))
 
 
 def chip_grid(generation: str, chips: int) -> str:
@@ -70,13 +85,16 @@ def chip_grid(generation: str, chips: int) -> str:
 
 
 def parse_topology(topology: str) -> tuple[str, str]:
-  """('v5e', '4x4') from 'v5e:4x4' or 'v5litepod-16'; ('cpu', 'N') from 'cpu:N'."""
+  """('v5e', '4x4') from 'v5e:4x4' or 'v5litepod-16'; ('cpu', 'N') from 'cpu:N'; ('h100', '2x8')
+  (hosts x GPUs per host) from 'h100:2x8', ('h100', '1x8') from 'h100:8'."""
   if ':' in topology:
     kind, _, shape = topology.partition(':')
     kind = {'v5litepod': 'v5e'}.get(kind, kind)
     valid = shape.replace('x', '').isdigit() and all(shape.split('x'))
     if kind == 'cpu' and shape.isdigit() and int(shape) > 0:
       return kind, shape
+    if kind in gpu_models() and re.fullmatch(r'([1-9]\d*x)?[1-9]\d*', shape):
+      return kind, shape if 'x' in shape else f'1x{shape}'
     if kind != 'cpu' and kind.startswith(('v', 'tpu')) and valid:
       return kind, shape
   else:
@@ -85,7 +103,13 @@ def parse_topology(topology: str) -> tuple[str, str]:
       generation, per_chip = _ACCELERATOR_TYPES[prefix]
       return generation, chip_grid(generation, int(cores) // per_chip)
   raise ValueError(f'--topology={topology!r} is invalid: use e.g. v5e:4x4, v4:2x2x2, v5litepod-16, '
-                   'v4-32 or cpu:8.')
+                   f'v4-32, h100:8 (GPU models: {", ".join(gpu_models())}) or cpu:8.')
+
+
+def cuda_plugin_available() -> bool:
+  if importlib.util.find_spec('jax_plugins') is None:  # No JAX plugin at all.
+    return False
+  return any(importlib.util.find_spec(f'jax_plugins.xla_cuda{v}') for v in (12, 13))
 
 
 def libtpu_available() -> bool:
@@ -104,6 +128,8 @@ def target_devices(kind: str, shape: str, num_slices: int):
                        '--topology=cpu:<total devices> and --config.mesh.dcn_data.')
     jax.config.update('jax_num_cpu_devices', int(shape))
     return jax.devices()
+  if kind in gpu_models():
+    return _gpu_devices(kind, shape, num_slices)
   if not libtpu_available():
     return None
   # libtpu reads the TPU VM environment at start-up; describe a lone host instead of letting it
@@ -122,6 +148,29 @@ def target_devices(kind: str, shape: str, num_slices: int):
   except Exception as e:  # libtpu rejects the name or the shape.
     raise ValueError(f'libtpu cannot describe --topology={kind}:{shape}: '
                      f'{str(e).strip().splitlines()[0]}') from None
+
+
+def _gpu_devices(model: str, shape: str, num_slices: int):
+  """Compile-only CUDA devices of `shape` (hosts x GPUs) from the model's target description."""
+  if num_slices != 1:
+    raise ValueError('--num_slices applies to TPU topologies only: for several GPU hosts give '
+                     '--topology=<model>:<hosts>x<gpus per host>.')
+  if not cuda_plugin_available():
+    return None
+  from jax.experimental import topologies
+  hosts, per_host = shape.split('x')
+  return topologies.get_topology_desc(
+      platform='cuda', target_config=(GPU_TARGETS / f'{model}.txtpb').read_text(),
+      topology=f'1x{hosts}x{per_host}').devices
+
+
+def _gpu_memory_gib(device_kind: str) -> float | None:
+  """Device memory of a GPU model, from the target file that describes it."""
+  for path in GPU_TARGETS.glob('*.txtpb'):
+    text = path.read_text()
+    if f'device_description_str: "{device_kind}"' in text:
+      return int(re.search(r'device_memory_size: (\d+)', text).group(1)) / 2**30
+  return None
 
 
 def size(num_bytes: float) -> str:
@@ -147,8 +196,8 @@ def report(config, setup, compiled, devices, topology: str, seconds: float) -> N
   for name in ('argument', 'output', 'alias', 'temp', 'generated_code'):
     print(f'  {name:<15} {size(get(name))}')
   total = get('argument') + get('output') - get('alias') + get('temp') + get('generated_code')
-  hbm = _HBM_GIB.get(devices[0].device_kind)
-  share = f'  ({100 * total / (hbm * 2**30):.1f}% of {hbm} GiB HBM)' if hbm else ''
+  hbm = _HBM_GIB.get(devices[0].device_kind) or _gpu_memory_gib(devices[0].device_kind)
+  share = f'  ({100 * total / (hbm * 2**30):.1f}% of {hbm:.4g} GiB HBM)' if hbm else ''
   print(f'  {"total":<15} {size(total)}{share}')
   peak = getattr(memory, 'peak_memory_in_bytes', 0) or 0
   if peak:
@@ -168,10 +217,11 @@ def main(argv) -> None:
   kind, shape = parse_topology(_TOPOLOGY.value)
   devices = target_devices(kind, shape, _NUM_SLICES.value)
   if devices is None:
-    print(f'skipped: compiling for TPU {kind}:{shape} needs libtpu, which is not installed here '
-          "(pip install 'jax[tpu]' on Linux).")
+    print(f'skipped: compiling for {kind}:{shape} needs '
+          f'{"the JAX CUDA plugin" if kind in gpu_models() else "libtpu"}, which is not installed '
+          "here (pip install -e '.[aot-gpu]' or '.[test]', Linux x86_64).")
     return
-  from fastslow_jax import runtime
+  from fastslow_jax import models, runtime
 
   config = runtime.resolve_config(_CONFIG.value, num_devices=len(devices))
   setup = runtime.TrainSetup(config, devices)
@@ -179,6 +229,10 @@ def main(argv) -> None:
   try:
     compiled = setup.compile_train_step(config.batch_size)
   except Exception as e:  # XLA reports a program that does not fit as a compile error.
+    if 'cuDNN not found' in str(e):
+      print(f'skipped: cuDNN attention for {kind}:{shape} needs the cuDNN libraries, which are not '
+            "installed here (pip install -e '.[aot-gpu]').")
+      return
     if 'RESOURCE_EXHAUSTED' not in str(e):
       raise
     message = next((line for line in str(e).splitlines() if 'RESOURCE_EXHAUSTED' in line), str(e))

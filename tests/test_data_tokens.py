@@ -417,10 +417,16 @@ def test_tokens_source_windows_vocabulary_and_bits(corpus, prepared):
   tok = data.tokenizer_for(cfg)
   assert tok.fingerprint == data.tokenizer_fingerprint(cfg) == manifest['tokenizer'][
       'fingerprint']
-  assert data.tokenizer_for(text_cfg) is tokenizers.BYTE
+  assert data.tokenizer_for(text_cfg) is tokenizers.BYTE and tokenizers.BYTE.eos_id == 256
   assert data.tokenizer_fingerprint(text_cfg) == tokenizers.BYTE.fingerprint
-  assert data.tokenizer_for(data.default_data_config()) is None
-  assert data.tokenizer_fingerprint(data.default_data_config()) is None
+  assert tok.eos_id == tok.eod_id == 0  # Generation stops at the end of a document.
+  synthetic = data.default_data_config()
+  ids = data.tokenizer_for(synthetic)  # No text: prompts and samples are ids.
+  assert ids.encode(' 3 14\n15 ').tolist() == [3, 14, 15] and ids.decode([9, 2]) == ' 9 2'
+  assert ids.eos_id is None and ids.vocab_size == synthetic.vocab_size
+  with pytest.raises(ValueError, match="'3 x' is not token ids"):
+    ids.encode('3 x')
+  assert data.tokenizer_fingerprint(synthetic) is None
 
 
 def test_same_windows_for_any_process_count_with_disjoint_shards(prepared):

@@ -4,6 +4,7 @@ import concurrent.futures
 import os
 import pathlib
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -93,6 +94,10 @@ BAD_INPUT = [  # (config arg, overrides, words the message must contain)
           '--config.data.tfds_data_dir={text}'], 'data.tfds_name'),
     ('', ['--config.data.kind=tfds', '--config.data.tfds_name=x',
           '--config.data.tfds_data_dir=/no/such/dir'], 'data.tfds_data_dir'),
+    # Numeric fields out of their declared range (all of them: tests/test_ranges.py).
+    ('', ['--config.total_steps=-1'], 'total_steps=-1 is invalid'),
+    ('', ['--config.optim.lr=-0.001'], 'optim.lr=-0.001 is invalid'),
+    ('', ['--config.checkpoint_every=0'], 'checkpoint_every=0 is invalid'),
 ]
 
 
@@ -108,10 +113,56 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, text_files
     outcomes = list(pool.map(lambda ic: attempt(*ic), enumerate(BAD_INPUT)))
   for (arg, overrides, expected), workdir, result in outcomes:
     where = f'{arg} {overrides}: {result.stderr[-1500:]}'
+    lines = result.stderr.strip().splitlines()
     assert result.returncode == 2, where
-    last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith('error: ') and expected in last, where
+    assert len(lines) == 1 and lines[0].startswith('error: ') and expected in lines[0], where
     assert not workdir.exists(), where
+
+
+def assert_refused(cases, *unchanged: pathlib.Path):
+  """Each (command, words) exits 2 with one stderr line holding the words; `unchanged` stay so."""
+  before = [snapshot(path) for path in unchanged]
+  with concurrent.futures.ThreadPoolExecutor(2) as pool:
+    results = list(pool.map(lambda case: run(case[0]), cases))
+  for (command, expected), result in zip(cases, results):
+    where = f'{command[2:]}: {result.stderr[-1500:]}'
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2, where
+    assert len(lines) == 1 and lines[0].startswith('error: ') and expected in lines[0], where
+  assert [snapshot(path) for path in unchanged] == before
+
+
+def test_bad_workdir_config_file_and_train_flags_are_refused(tmp_path):
+  a_file = tmp_path / 'a_file'
+  a_file.write_text('kept\n')
+  assert_refused([
+      ([sys.executable, '-m', 'fastslow_jax.train', '--config=no/such/config.py',
+        f'--workdir={tmp_path}/new'], "--config file 'no/such/config.py' does not exist"),
+      (train_command(a_file), f'--workdir {a_file} is a file'),
+      (train_command(a_file / 'run'), f'cannot be created: {a_file} is a file'),
+      (train_command(tmp_path / 'new', '--stop_at_step=-1'), '--stop_at_step=-1'),
+  ], tmp_path)
+
+
+def test_bad_evaluate_flags_and_workdir_are_refused(tmp_path, trained_workdir):
+  evaluate = [sys.executable, '-m', 'fastslow_jax.evaluate', f'--workdir={trained_workdir}']
+  assert_refused([
+      (evaluate + ['--step=-1'], '--step=-1'),
+      (evaluate + ['--batches=0'], '--batches=0'),
+      (evaluate + ['--mesh=1,0,1'], "--mesh='1,0,1' is invalid"),
+      (evaluate[:-1] + [f'--workdir={tmp_path}'], 'config.json not found'),
+  ], tmp_path, trained_workdir)
+
+
+@pytest.mark.slow  # Trains and evaluates the demo model (about 30 s).
+def test_demo_prints_its_own_lines_and_no_library_logging(tmp_path):
+  result = run([sys.executable, '-m', 'fastslow_jax.demo', '--steps=4',
+                f'--workdir={tmp_path}/demo'])
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert 'gap_to_optimum' in result.stdout and 'gate/layer_1' in result.stdout
+  own = re.compile(r'^[IW]\d{4} [\d:.]+ +\d+ (train|evaluate|demo)\.py:\d+\] ')
+  foreign = [line for line in result.stderr.splitlines() if not own.match(line)]
+  assert not foreign, foreign[:5]
 
 
 def test_incompatible_workdir_is_refused_untouched_unless_overwrite(trained_workdir):

@@ -60,9 +60,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model = ml_collections.ConfigDict(dict(
       arm=arg.arm, P=arg.P, vocab_size=-1,  # -1: taken from the data source.
       slow_layers='all', gate='scalar', tie_embeddings=True, rope_theta=10_000.0,
-      attention_impl='reference', dtype=train['dtype'], param_dtype='float32', remat='none',
-      scan_layers=False,
-      norm_eps=1e-6))
+      attention_impl='reference', attention_block_q=0, attention_block_kv=0,  # 0: kernel default.
+      dtype=train['dtype'], param_dtype='float32', remat='none', scan_layers=False, norm_eps=1e-6))
   config.model.update(_MODEL_SIZES[arg.size])
 
   config.data = default_data_config()

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 import ml_collections
 import numpy as np
 
+from fastslow_jax.configs import ranges
 from fastslow_jax.configs.common import default_data_config
 from fastslow_jax.data import synthetic, text, tokenizers, tokens
 
@@ -96,13 +97,16 @@ def vocab_size(cfg: ml_collections.ConfigDict) -> int:
   return int(cfg.vocab_size) if cfg.kind == 'synthetic' else text.VOCAB_SIZE
 
 
-def tokenizer_for(cfg: ml_collections.ConfigDict) -> tokenizers.Tokenizer | None:
+def tokenizer_for(cfg: ml_collections.ConfigDict) -> tokenizers.Tokenizer:
   """The tokenizer of the configured source (to encode prompts, decode samples): the byte
-  tokenizer for text and tfds, the prepared dataset's for tokens, None for synthetic."""
+  tokenizer for text and tfds, the prepared dataset's for tokens, ids written as text (no end of
+  document) for synthetic."""
   _check_kind(cfg)
   if cfg.kind == 'tokens':
     return tokens.tokenizer(cfg.path)
-  return None if cfg.kind == 'synthetic' else tokenizers.BYTE
+  if cfg.kind == 'synthetic':
+    return tokenizers.IdsTokenizer(int(cfg.vocab_size))
+  return tokenizers.BYTE
 
 
 def tokenizer_fingerprint(cfg: ml_collections.ConfigDict) -> str | None:
@@ -149,10 +153,9 @@ def make_dataset(cfg: ml_collections.ConfigDict, *, seq_len: int, split: str) ->
   if seq_len < 1:
     raise ValueError(f'seq_len={seq_len} is invalid: use a positive integer.')
   if cfg.kind == 'synthetic':
-    num = int(cfg.num_train_windows if split == 'train' else cfg.num_val_windows)
     field = 'num_train_windows' if split == 'train' else 'num_val_windows'
-    if num < 1:
-      raise ValueError(f'data.{field}={num} is invalid: use a positive integer.')
+    ranges.check_value(f'data.{field}', cfg[field])
+    num = cfg[field]
     windows = synthetic.windows(_synthetic_source(cfg), split, num, seq_len + 1)
     return TokenDataset(windows.reshape(-1), seq_len=seq_len, stride=seq_len + 1,
                         vocab_size=int(cfg.vocab_size), bits_per_token_unit='token',

@@ -417,13 +417,17 @@ def define_flags() -> None:
                     'What one document of --input is: a file, a paragraph, a line.')
   flags.DEFINE_string('jsonl_field', 'text', 'The text field of *.jsonl records.')
   flags.DEFINE_float('val_fraction', defaults.val_fraction,
-                     'Documents held out for validation (without a TFDS validation split).')
-  flags.DEFINE_integer('num_workers', os.cpu_count(), 'Tokenizer processes (0: in this one).')
-  flags.DEFINE_integer('shard_tokens', DEFAULT_SHARD_TOKENS, 'Tokens per shard (at least).')
+                     'Documents held out for validation (without a TFDS validation split).',
+                     lower_bound=0.0, upper_bound=1.0)
+  flags.DEFINE_integer('num_workers', os.cpu_count(), 'Tokenizer processes (0: in this one).',
+                       lower_bound=0)
+  flags.DEFINE_integer('shard_tokens', DEFAULT_SHARD_TOKENS, 'Tokens per shard (at least).',
+                       lower_bound=1)
   flags.DEFINE_integer('task_bytes', DEFAULT_TASK_BYTES, 'Text per worker task (and per step '
-                       'of resumption).')
+                       'of resumption).', lower_bound=1)
   flags.DEFINE_integer('bpe_train_bytes', DEFAULT_BPE_TRAIN_BYTES,
-                       'Train text bpe:<vocab> learns from (the first this many bytes).')
+                       'Train text bpe:<vocab> learns from (the first this many bytes).',
+                       lower_bound=1)
   for name in ('tfds_name', 'tfds_data_dir', 'tfds_text_feature', 'tfds_train_split',
                'tfds_val_split'):
     flags.DEFINE_string(name, defaults[name], f'As config.data.{name}; --tfds_name replaces '
@@ -452,11 +456,13 @@ def main(argv) -> None:
 
 def run() -> None:
   """The command line: bad flags or input are one line on stderr and exit status 2."""
-  from absl import app
+  from absl import app, flags
 
   from fastslow_jax import cli
 
+  before = set(flags.FLAGS)
   define_flags()
+  cli.check_flag_ranges(set(flags.FLAGS) - before)
 
   def wrapped(argv):
     try:

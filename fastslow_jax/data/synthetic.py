@@ -21,6 +21,8 @@ import functools
 
 import numpy as np
 
+from fastslow_jax.configs import ranges
+
 SPLIT_IDS = {'train': 0, 'validation': 1}
 _GAMMA = 0x9E3779B97F4A7C15  # splitmix64 increment.
 
@@ -43,13 +45,10 @@ class FastSlowSource:
 
   def __init__(self, vocab_size: int, num_regimes: int, regime_period: float,
                concentration: float, seed: int):
-    if not regime_period >= 1:
-      raise ValueError(f'data.regime_period={regime_period} is invalid: use a value >= 1 (tokens).')
-    if num_regimes < 1 or vocab_size < 2:
-      raise ValueError(f'data.num_regimes={num_regimes} / data.vocab_size={vocab_size} are '
-                       'invalid: use num_regimes >= 1 and vocab_size >= 2.')
-    if not concentration > 0:
-      raise ValueError(f'data.concentration={concentration} is invalid: use a value > 0.')
+    for field, value in (('vocab_size', vocab_size), ('num_regimes', num_regimes),
+                         ('regime_period', regime_period), ('concentration', concentration),
+                         ('source_seed', seed)):
+      ranges.check_value(f'data.{field}', value)
     K, V = num_regimes, vocab_size
     self.K, self.V, self.seed = K, V, seed
     self.switch = 1.0 / regime_period if K > 1 else 0.0

@@ -19,6 +19,7 @@ import re
 
 import numpy as np
 
+from fastslow_jax.configs import ranges
 from fastslow_jax.data.tokenizers import BYTE, END_OF_DOCUMENT, VOCAB_SIZE  # noqa: F401
 
 
@@ -58,8 +59,7 @@ def read_text_files(spec: str) -> np.ndarray:
 
 def split_stream(stream: np.ndarray, val_fraction: float, split: str) -> np.ndarray:
   """The head (train) or the last `val_fraction` (validation) of a token stream."""
-  if not 0 < val_fraction < 1:
-    raise ValueError(f'data.val_fraction={val_fraction} is invalid: use a value in (0, 1).')
+  ranges.check_value('data.val_fraction', val_fraction)
   cut = int(len(stream) * (1 - val_fraction))
   return stream[:cut] if split == 'train' else stream[cut:]
 

@@ -53,6 +53,11 @@ class Tokenizer:
   blob: bytes = b''  # The model file's bytes (empty for byte).
 
   @property
+  def eos_id(self) -> int | None:
+    """Where generation stops: the end of a document."""
+    return self.eod_id
+
+  @property
   def fingerprint(self) -> str:
     """A stable id of this exact tokenization: '<kind>-<16 hex digits of sha256>'."""
     material = f'{self.kind}\0{self.eod_id}\0{self.vocab_size}\0'.encode() + self.blob
@@ -118,6 +123,30 @@ class ByteTokenizer(Tokenizer):
 
 
 BYTE = ByteTokenizer()
+
+
+class IdsTokenizer(Tokenizer):
+  """Token ids written as text, for a source with no text of its own (synthetic): encode('3 14')
+  is [3, 14]; decode([15, 9]) is ' 15 9', a space before each id, so it continues a prompt."""
+
+  kind = spec = 'ids'
+  eod_id = None  # No end of document: generation runs to its length.
+
+  def __init__(self, vocab_size: int):
+    self.vocab_size = vocab_size
+
+  def _encode(self, texts):
+    out = []
+    for text in texts:
+      try:
+        out.append(np.asarray([int(t) for t in text.split()], np.int64))
+      except ValueError:
+        raise ValueError(f'{text[:40]!r} is not token ids: give ids separated by spaces (the '
+                         'synthetic source has no text).') from None
+    return out
+
+  def decode(self, ids) -> str:
+    return ''.join(f' {int(i)}' for i in np.asarray(ids).reshape(-1))
 
 
 class HFTokenizer(Tokenizer):

@@ -14,9 +14,11 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from fastslow_jax.configs import ranges
+from fastslow_jax.models import attention_backends
+
 ARMS = ('dense', 'coupled', 'gate_frozen', 'slow_frozen')
 GATE_KINDS = ('scalar', 'channel')
-ATTENTION_IMPLS = ('reference', 'xla', 'cudnn')
 DTYPES = ('float32', 'bfloat16', 'float16')
 # What the backward pass keeps of a block (see `fastslow.SAVED_NAMES` for the named values).
 REMAT_POLICIES = ('none', 'full', 'dots_saveable', 'minimal')
@@ -42,7 +44,10 @@ class ModelConfig:
   # Shared.
   tie_embeddings: bool = True
   rope_theta: float = 10_000.0
-  attention_impl: str = 'reference'  # 'reference' | 'xla' | 'cudnn' (see layers.ATTENTION_BACKENDS).
+  attention_impl: str = 'reference'  # A name in attention_backends.ATTENTION_BACKENDS.
+  # Tiles of the fused kernels (splash, pallas_gpu), in sequence positions; 0: the kernel's default.
+  attention_block_q: int = 0
+  attention_block_kv: int = 0
   dtype: str = 'float32'  # Compute dtype.
   param_dtype: str = 'float32'
   norm_eps: float = 1e-6
@@ -61,14 +66,13 @@ class ModelConfig:
            f'choose one of {", ".join(REMAT_POLICIES)}')
     _check(self.arm in ARMS, 'arm', self.arm, f'choose one of {", ".join(ARMS)}')
     _check(self.gate in GATE_KINDS, 'gate', self.gate, "choose 'scalar' or 'channel'")
-    _check(self.attention_impl in ATTENTION_IMPLS, 'attention_impl', self.attention_impl,
-           f'choose one of {", ".join(ATTENTION_IMPLS)}')
     for field in ('dtype', 'param_dtype'):
       _check(getattr(self, field) in DTYPES, field, getattr(self, field),
              f'choose one of {", ".join(DTYPES)}')
-    for field in ('vocab_size', 'seq_len', 'd_model', 'num_layers', 'num_heads', 'mlp_dim', 'P',
-                  'slow_num_heads', 'phi_dim'):
-      _check(getattr(self, field) > 0, field, getattr(self, field), 'use a positive integer')
+    for field in dataclasses.fields(self):  # Sizes and constants: their ranges have one owner.
+      if f'model.{field.name}' in ranges.RANGES:  # A vocabulary of -1 must be resolved by now.
+        ranges.check_value(f'model.{field.name}', getattr(self, field.name), allow_special=False)
+    self._check_attention()
     _check(self.d_model % self.num_heads == 0, 'num_heads', self.num_heads,
            f'it must divide model.d_model={self.d_model}; pick a divisor of {self.d_model}')
     _check((self.d_model // self.num_heads) % 2 == 0, 'num_heads', self.num_heads,
@@ -82,6 +86,13 @@ class ModelConfig:
       _check((self.d_model // self.slow_num_heads) % 2 == 0, 'slow_num_heads', self.slow_num_heads,
              'model.d_model / model.slow_num_heads must be even for rotary embeddings')
       self.slow_layer_ids  # Validates the layer selection.
+
+  def _check_attention(self) -> None:
+    """The backend exists, takes the compute dtype and the tile sizes (platform: at run time)."""
+    attention_backends.backend(self.attention_impl)
+    attention_backends.check_dtype(self.attention_impl, self.dtype)
+    for field in ('attention_block_q', 'attention_block_kv'):
+      attention_backends.check_block(self.attention_impl, field, getattr(self, field))
 
   @classmethod
   def from_mapping(cls, cfg: Mapping[str, Any]) -> ModelConfig:

@@ -13,12 +13,14 @@ a gradient from the first step.
 
 from __future__ import annotations
 
+import flax
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from fastslow_jax.models.config import ModelConfig
-from fastslow_jax.models.layers import CausalSelfAttention, RMSNorm, SwiGLU, constrain, param
+from fastslow_jax.models.layers import (CausalSelfAttention, KVCache, RMSNorm, SwiGLU, constrain,
+                                        param)
 
 Array = jax.Array
 
@@ -59,7 +61,9 @@ class SlowPath(nnx.Module):
     dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
     self.attn = CausalSelfAttention(cfg.d_model, cfg.slow_num_heads, rope_theta=cfg.rope_theta,
                                     impl=cfg.attention_impl, dtype=dtype, param_dtype=param_dtype,
-                                    rngs=rngs, output_name='slow_attn')
+                                    rngs=rngs, output_name='slow_attn',
+                                    block_q=cfg.attention_block_q,
+                                    block_kv=cfg.attention_block_kv)
     self.phi = SwiGLU(cfg.d_model, cfg.phi_dim, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
                       output_name='phi')
     self.P = cfg.P
@@ -76,6 +80,56 @@ class SlowPath(nnx.Module):
     per_token = broadcast_completed_blocks(phi, self.P, x.shape[1])
     return per_token, {'pooled': pooled, 'y': y, 'phi': phi}
 
+  # ------------------------------------------------------------------------- decoding
+
+  def prefill(self, x: Array, lengths: Array, cache_length: int) -> tuple[Array, SlowState]:
+    """The parallel pass over prompts x [B, L, D] of `lengths` [B] (right-padded), with the
+    decoding state it leaves: every complete block's keys and values, the running sum of the
+    incomplete block, and the output the next tokens read."""
+    pooled = block_mean_pool(x, self.P)
+    b, n = pooled.shape[:2]
+    cache = self.attn.empty_cache(b, -(-cache_length // self.P))
+    y, cache = self.attn.extend(pooled, cache, jnp.broadcast_to(jnp.arange(n), (b, n)))
+    phi = self.phi(y)
+    complete = lengths // self.P  # Blocks of row b complete within its prompt.
+    tokens = jnp.arange(x.shape[1])
+    in_open_block = (tokens >= (complete * self.P)[:, None]) & (tokens < lengths[:, None])
+    state = SlowState(
+        cache=cache,
+        block_sum=jnp.sum(jnp.where(in_open_block[..., None], x.astype(jnp.float32), 0.0), 1),
+        output=jnp.where((complete > 0)[:, None],
+                         phi[jnp.arange(b), jnp.maximum(complete - 1, 0)], 0).astype(x.dtype))
+    return broadcast_completed_blocks(phi, self.P, x.shape[1]), state
+
+  def decode(self, x: Array, state: SlowState, positions: Array) -> tuple[Array, SlowState]:
+    """One token per row, x [B, 1, D] at `positions` [B]: add it to its block; where that
+    completes block j = (t+1)//P - 1, pool it, attend over the cached blocks <= j and apply
+    phi_theta (skipped entirely while no row completes a block); then read the latest output."""
+    block_sum = state.block_sum + x[:, 0].astype(jnp.float32)
+    completes = (positions + 1) % self.P == 0
+    block = jnp.maximum((positions + 1) // self.P - 1, 0)
+
+    def step_slow(_):
+      pooled = (block_sum / self.P).astype(x.dtype)[:, None]
+      y, cache = self.attn.extend(pooled, state.cache, block[:, None])
+      keep = lambda new, old: jnp.where(completes.reshape(-1, *[1] * (new.ndim - 1)), new, old)
+      return (jax.tree.map(keep, cache, state.cache),
+              keep(self.phi(y)[:, 0], state.output))
+
+    cache, output = jax.lax.cond(completes.any(), step_slow, lambda _: (state.cache, state.output),
+                                 None)
+    block_sum = jnp.where(completes[:, None], 0.0, block_sum)
+    return output[:, None], SlowState(cache=cache, block_sum=block_sum, output=output)
+
+
+@flax.struct.dataclass
+class SlowState:
+  """A slow path's decoding state: the completed blocks' keys and values, the running sum of the
+  current block (float32), and phi_theta's output for the latest completed block ([B, D])."""
+  cache: KVCache
+  block_sum: Array
+  output: Array
+
 
 class Block(nnx.Module):
   """Pre-norm transformer block; with `slow=True`, the fast-slow block of the module docstring."""
@@ -85,8 +139,9 @@ class Block(nnx.Module):
     kw = dict(dtype=dtype, param_dtype=param_dtype)
     self.attn_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps, rngs=rngs, **kw)
     self.fast = CausalSelfAttention(cfg.d_model, cfg.num_heads, rope_theta=cfg.rope_theta,
-                                    impl=cfg.attention_impl, rngs=rngs, output_name='fast_attn',
-                                    **kw)
+                                    impl=cfg.attention_impl, block_q=cfg.attention_block_q,
+                                    block_kv=cfg.attention_block_kv, rngs=rngs,
+                                    output_name='fast_attn', **kw)
     self.mlp_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps, rngs=rngs, **kw)
     self.mlp = SwiGLU(cfg.d_model, cfg.mlp_dim, rngs=rngs, output_name='mlp', **kw)
     self.slow = SlowPath(cfg, rngs=slow_rngs) if slow else None
@@ -104,11 +159,38 @@ class Block(nnx.Module):
     x = self.attn_norm(h)
     fast = self.fast(x)
     parts = {'fast': fast}
-    update = fast
+    slow = None
     if self.slow is not None:
       slow, slow_parts = self.slow(x)
-      gated = self.gate[...].astype(fast.dtype) * slow
-      parts.update(slow_parts, gated=gated)
-      update = fast + gated
+      parts.update(slow_parts, gated=self._gated(slow))
+    return self._residual(h, fast, slow), parts
+
+  def prefill(self, h: Array, lengths: Array, cache_length: int) -> tuple[Array, dict]:
+    """`__call__` over right-padded prompts h [B, L, D] of `lengths` [B]; also returns the
+    decoding cache for `cache_length` positions per row ({'fast': KVCache, 'slow': SlowState})."""
+    x = self.attn_norm(h)
+    positions = jnp.broadcast_to(jnp.arange(h.shape[1]), h.shape[:2])
+    fast, fast_cache = self.fast.extend(x, self.fast.empty_cache(h.shape[0], cache_length),
+                                        positions)
+    cache, slow = {'fast': fast_cache}, None
+    if self.slow is not None:
+      slow, cache['slow'] = self.slow.prefill(x, lengths, cache_length)
+    return self._residual(h, fast, slow), cache
+
+  def decode(self, h: Array, cache: dict, positions: Array) -> tuple[Array, dict]:
+    """One token per row, h [B, 1, D] at `positions` [B], against the cache of `prefill`."""
+    x = self.attn_norm(h)
+    fast, fast_cache = self.fast.extend(x, cache['fast'], positions[:, None])
+    new_cache, slow = {'fast': fast_cache}, None
+    if self.slow is not None:
+      slow, new_cache['slow'] = self.slow.decode(x, cache['slow'], positions)
+    return self._residual(h, fast, slow), new_cache
+
+  def _gated(self, slow: Array) -> Array:
+    return self.gate[...].astype(slow.dtype) * slow
+
+  def _residual(self, h: Array, fast: Array, slow: Array | None) -> Array:
+    """h + FastAttn(x) + g * slow, then the MLP sub-layer: the block's equation."""
+    update = fast if slow is None else fast + self._gated(slow)
     h = constrain(h + update, ('batch', 'length', None))
-    return constrain(h + self.mlp(self.mlp_norm(h)), ('batch', 'length', None)), parts
+    return constrain(h + self.mlp(self.mlp_norm(h)), ('batch', 'length', None))

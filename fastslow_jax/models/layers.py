@@ -7,14 +7,17 @@ with logical rules. Parameters live in `param_dtype`; compute happens in `dtype`
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
+import flax
 import jax
 import jax.numpy as jnp
 from flax import nnx
 from flax.core import spmd as flax_spmd
 from jax.ad_checkpoint import checkpoint_name
 from jax.sharding import PartitionSpec
+
+# The attention switch lives beside its kernels (attention_kernels.py); layers re-exports it.
+from fastslow_jax.models.attention_kernels import attention, masked_attention
+from fastslow_jax.models.attention_backends import ATTENTION_BACKENDS  # noqa: F401
 
 Array = jax.Array
 default_init = nnx.initializers.variance_scaling(1.0, 'fan_in', 'truncated_normal')
@@ -37,54 +40,27 @@ def constrain(x: Array, axes: tuple[str | None, ...]) -> Array:
   return jax.lax.with_sharding_constraint(x, spec)
 
 
-# --------------------------------------------------------------------------- attention backends
-
-
-def _reference_attention(q: Array, k: Array, v: Array, causal: bool) -> Array:
-  """Plain softmax attention; masked logits are set to -inf (never a finite stand-in)."""
-  scale = q.shape[-1] ** -0.5
-  logits = jnp.einsum('bqhd,bkhd->bhqk', q, k, preferred_element_type=jnp.float32) * scale
-  if causal:
-    tq, tk = q.shape[1], k.shape[1]
-    mask = jnp.arange(tq)[:, None] >= jnp.arange(tk)[None, :]
-    logits = jnp.where(mask, logits, -jnp.inf)
-  weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-  return jnp.einsum('bhqk,bkhd->bqhd', weights, v)
-
-
-def _jax_nn_attention(implementation: str | None) -> Callable[..., Array]:
-  def attend(q, k, v, causal):
-    return jax.nn.dot_product_attention(q, k, v, is_causal=causal, implementation=implementation)
-  return attend
-
-
-# One switch for every attention in the zoo. Add fused kernels (e.g. TPU splash) here.
-ATTENTION_BACKENDS: dict[str, Callable[..., Array]] = {
-    'reference': _reference_attention,
-    'xla': _jax_nn_attention('xla'),
-    'cudnn': _jax_nn_attention('cudnn'),
-}
-
-
-def attention(q: Array, k: Array, v: Array, *, causal: bool, impl: str = 'reference') -> Array:
-  """Multi-head attention on [B, T, H, D] tensors through the selected backend."""
-  return ATTENTION_BACKENDS[impl](q, k, v, causal)
-
-
 # --------------------------------------------------------------------------- rotary positions
 
 
 def rotary(x: Array, positions: Array, theta: float) -> Array:
-  """Rotary position embedding of x [B, T, H, D] at integer `positions` [T]."""
+  """Rotary position embedding of x [B, T, H, D] at integer `positions` [T] or [B, T]."""
   half = x.shape[-1] // 2
   freq = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
-  angle = positions.astype(jnp.float32)[:, None] * freq[None, :]  # [T, D/2]
-  sin, cos = jnp.sin(angle)[None, :, None, :], jnp.cos(angle)[None, :, None, :]
+  angle = positions.astype(jnp.float32)[..., None] * freq  # [(B,) T, D/2]
+  sin, cos = jnp.sin(angle)[..., None, :], jnp.cos(angle)[..., None, :]  # Broadcast over heads.
   x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
   return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
 
 
 # --------------------------------------------------------------------------- modules
+
+
+@flax.struct.dataclass
+class KVCache:
+  """Keys and values of one attention layer for decoding, [B, cache length, H, head_dim] each."""
+  k: Array
+  v: Array
 
 
 class Embed(nnx.Module):
@@ -95,7 +71,11 @@ class Embed(nnx.Module):
     self.dtype = dtype
 
   def __call__(self, tokens: Array) -> Array:
-    return jnp.take(self.table[...], tokens, axis=0).astype(self.dtype)
+    # Gather the table's embedding dimension first (FSDP: weights are all-gathered for use). Left
+    # sharded, the lookup yields activations split over `embed` that the partitioner can only
+    # turn into batch-split ones by replicating them ("involuntary full rematerialization").
+    table = constrain(self.table[...], ('vocab', None))
+    return jnp.take(table, tokens, axis=0).astype(self.dtype)
 
   def attend(self, x: Array) -> Array:
     return jnp.einsum('btd,vd->btv', x, self.table[...].astype(self.dtype),
@@ -121,7 +101,8 @@ class CausalSelfAttention(nnx.Module):
   """
 
   def __init__(self, d_model: int, num_heads: int, *, rope_theta: float, impl: str, dtype,
-               param_dtype, rngs: nnx.Rngs, output_name: str = 'attn'):
+               param_dtype, rngs: nnx.Rngs, output_name: str = 'attn', block_q: int = 0,
+               block_kv: int = 0):
     head_dim = d_model // num_heads
     shape, axes = (d_model, num_heads, head_dim), ('embed', 'heads', 'kv')
     self.wq = param(rngs, default_init, shape, axes, param_dtype)
@@ -133,15 +114,41 @@ class CausalSelfAttention(nnx.Module):
                     param_dtype)
     self.rope_theta, self.impl, self.dtype = rope_theta, impl, dtype
     self.output_name = output_name  # What remat policies call the output (`checkpoint_name`).
+    self.block_q, self.block_kv = block_q, block_kv  # Tiles of fused kernels; 0: their default.
 
   def __call__(self, x: Array) -> Array:
+    """Causal self-attention over the whole sequence x [B, T, D] (training, evaluation)."""
+    q, k, v = self._qkv(x, jnp.arange(x.shape[1]))
+    out = attention(q, k, v, causal=True, impl=self.impl, block_q=self.block_q,
+                    block_kv=self.block_kv)
+    return self._out(out)
+
+  def extend(self, x: Array, cache: KVCache, positions: Array) -> tuple[Array, KVCache]:
+    """Incremental attention (decoding): the S new vectors x [B, S, D] sit at `positions` [B, S]
+    of their rows. Their keys and values are written into `cache` there, and each query attends
+    to the cached keys at positions <= its own. Returns (output [B, S, D], updated cache)."""
+    q, k, v = self._qkv(x, positions)
+    rows = jnp.arange(x.shape[0])[:, None]
+    cache = KVCache(k=cache.k.at[rows, positions].set(k.astype(cache.k.dtype)),
+                    v=cache.v.at[rows, positions].set(v.astype(cache.v.dtype)))
+    mask = jnp.arange(cache.k.shape[1]) <= positions[:, :, None]  # [B, S, cache length]
+    return self._out(masked_attention(q, cache.k, cache.v, mask)), cache
+
+  def empty_cache(self, batch: int, length: int) -> KVCache:
+    """Zero keys and values for `length` positions per row."""
+    _, heads, head_dim = self.wk.shape
+    zeros = jnp.zeros((batch, length, heads, head_dim), self.dtype)
+    return KVCache(k=zeros, v=zeros)
+
+  def _qkv(self, x: Array, positions: Array) -> tuple[Array, Array, Array]:
     cast = lambda w: w[...].astype(self.dtype)
-    positions = jnp.arange(x.shape[1])
     q = rotary(jnp.einsum('btd,dhk->bthk', x, cast(self.wq)), positions, self.rope_theta)
     k = rotary(jnp.einsum('btd,dhk->bthk', x, cast(self.wk)), positions, self.rope_theta)
-    v = jnp.einsum('btd,dhk->bthk', x, cast(self.wv))
-    out = attention(q, k, v, causal=True, impl=self.impl)
-    return checkpoint_name(jnp.einsum('bthk,hkd->btd', out, cast(self.wo)), self.output_name)
+    return q, k, jnp.einsum('btd,dhk->bthk', x, cast(self.wv))
+
+  def _out(self, out: Array) -> Array:
+    wo = self.wo[...].astype(self.dtype)
+    return checkpoint_name(jnp.einsum('bthk,hkd->btd', out, wo), self.output_name)
 
 
 class SwiGLU(nnx.Module):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -64,9 +65,40 @@ class Decoder(nnx.Module):
     for block in self.blocks:
       h, block_parts = call(block, h)
       parts.append(block_parts)
+    return self._logits(h), parts
+
+  # ------------------------------------------------------------------------- decoding
+
+  def prefill(self, tokens: jax.Array, lengths: jax.Array,
+              cache_length: int) -> tuple[jax.Array, list[dict]]:
+    """One parallel pass over right-padded prompts tokens [B, L] of `lengths` [B]: (logits
+    [B, L, V], per layer the decoding cache for `cache_length` positions per row). No row reads
+    another row's tokens or its own padding. Unrolled layout only (see `unrolled`)."""
+    self._check_unrolled()
+    h, caches = self.embed(tokens), []
+    for block in self.blocks:
+      h, cache = block.prefill(h, lengths, cache_length)
+      caches.append(cache)
+    return self._logits(h), caches
+
+  def decode(self, tokens: jax.Array, positions: jax.Array,
+             caches: list[dict]) -> tuple[jax.Array, list[dict]]:
+    """One token per row, tokens [B] at `positions` [B]: (logits [B, V], updated caches)."""
+    self._check_unrolled()
+    h, new_caches = self.embed(tokens[:, None]), []
+    for block, cache in zip(self.blocks, caches):
+      h, cache = block.decode(h, cache, positions)
+      new_caches.append(cache)
+    return self._logits(h)[:, 0], new_caches
+
+  def _logits(self, h: jax.Array) -> jax.Array:
     h = self.final_norm(h)
     logits = self.embed.attend(h) if self.head is None else self.head(h)
-    return constrain(logits, ('batch', 'length', 'vocab')), parts
+    return constrain(logits, ('batch', 'length', 'vocab'))
+
+  def _check_unrolled(self) -> None:
+    if len(self.stack):
+      raise ValueError('decoding runs on the unrolled layout: pass models.unrolled(model).')
 
 
 def build(config: ModelConfig | Mapping[str, Any], rngs: nnx.Rngs | int = 0) -> Decoder:
@@ -122,6 +154,15 @@ def convert_layout(params: nnx.State, config: ModelConfig) -> nnx.State:
   """Parameters of either layer layout (scanned or unrolled) in the layout `config` asks for."""
   unrolled = scan.unstack_layers(params)
   return scan.stack_layers(unrolled, config.scan_groups) if config.scan_layers else unrolled
+
+
+def unrolled(model: Decoder) -> Decoder:
+  """The same model in the unrolled layer layout (itself when already unrolled)."""
+  if not len(model.stack):
+    return model
+  config = dataclasses.replace(model.config, scan_layers=False)
+  graphdef, _ = nnx.split(nnx.eval_shape(lambda: build(config)), nnx.Param)
+  return nnx.merge(graphdef, convert_layout(nnx.state(model, nnx.Param), config))
 
 
 def param_count(params: nnx.State | Decoder) -> int:

@@ -1,0 +1,187 @@
+"""Attention kernels behind one switch: `attention(q, k, v, causal=, impl=)` on [B, T, H, D].
+
+The backends, where they run and what they need are listed in `attention_backends.py`; each
+names one function below. Every kernel computes softmax(q k^T / sqrt(D)) v (the Pallas kernels
+causal only) and returns [B, T, H, D] in the dtype of the inputs.
+
+Pallas kernels (`splash`, `pallas_gpu`) are opaque to XLA's partitioner, so under a mesh they run
+inside `shard_map` on each device's rows and heads (the logical rules say which mesh axes those
+are); the sequence and head dimension stay whole. On CPU they run only in Pallas interpret mode
+(`with interpret_kernels(): ...`), which tests use to check them against `reference`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import functools
+import warnings
+
+import jax
+import jax.numpy as jnp
+from flax.core import spmd as flax_spmd
+from jax.sharding import PartitionSpec as P
+
+from fastslow_jax.models import attention_backends
+
+Array = jax.Array
+
+_INTERPRET = contextvars.ContextVar('interpret_kernels', default=False)
+
+
+@contextlib.contextmanager
+def interpret_kernels():
+  """Within: Pallas kernels traced from now on run in interpret mode (CPU checks and debugging).
+
+  Applies when a function is traced, so use it around a fresh `jax.jit`, not a cached one.
+  """
+  token = _INTERPRET.set(True)
+  try:
+    yield
+  finally:
+    _INTERPRET.reset(token)
+
+
+def attention(q: Array, k: Array, v: Array, *, causal: bool, impl: str = 'reference',
+              block_q: int = 0, block_kv: int = 0) -> Array:
+  """Multi-head attention on [B, T, H, D] tensors through the backend `impl`.
+
+  `block_q` / `block_kv` are the tiled kernels' tile sizes (0: the backend default); the other
+  backends ignore them.
+  """
+  spec = attention_backends.backend(impl)
+  kernel = globals()[spec.kernel]
+  if spec.tiled:
+    return kernel(q, k, v, causal, block_q=block_q, block_kv=block_kv)
+  return kernel(q, k, v, causal)
+
+
+# --------------------------------------------------------------------------- XLA backends
+
+
+def reference_attention(q: Array, k: Array, v: Array, causal: bool) -> Array:
+  """Plain softmax attention; masked logits are set to -inf (never a finite stand-in)."""
+  mask = None
+  if causal:
+    mask = jnp.arange(q.shape[1])[:, None] >= jnp.arange(k.shape[1])[None, :]
+  return masked_attention(q, k, v, mask)
+
+
+def masked_attention(q: Array, k: Array, v: Array, mask: Array | None) -> Array:
+  """Softmax attention of q [B, Tq, H, D] over k, v [B, Tk, H, D] where `mask` (broadcastable
+  to [B, Tq, Tk]) is True; used directly by decoding, whose queries read a key cache."""
+  scale = q.shape[-1] ** -0.5
+  logits = jnp.einsum('bqhd,bkhd->bhqk', q, k, preferred_element_type=jnp.float32) * scale
+  if mask is not None:
+    mask = mask[None] if mask.ndim == 2 else mask
+    logits = jnp.where(mask[:, None], logits, -jnp.inf)
+  weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+  return jnp.einsum('bhqk,bkhd->bqhd', weights, v)
+
+
+def xla_attention(q: Array, k: Array, v: Array, causal: bool) -> Array:
+  return jax.nn.dot_product_attention(q, k, v, is_causal=causal, implementation='xla')
+
+
+def cudnn_attention(q: Array, k: Array, v: Array, causal: bool) -> Array:
+  """cuDNN's fused flash attention (16-bit inputs); partitions itself under a mesh."""
+  return jax.nn.dot_product_attention(q, k, v, is_causal=causal, implementation='cudnn')
+
+
+# --------------------------------------------------------------------------- Pallas kernels
+
+
+def _per_device(kernel):
+  """Runs `kernel(q, k, v)` on each device's block of rows and heads when a mesh is active."""
+  @functools.wraps(kernel)
+  def run(q, k, v):
+    rules = flax_spmd.get_logical_axis_rules()
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or not rules:
+      return kernel(q, k, v)
+    spec = P(*flax_spmd.from_sharding_rules(('batch', 'length', 'heads', 'kv'), rules))
+    if spec[1] is not None or spec[3] is not None:
+      raise ValueError(f'the sharding rules split the sequence or head dimension ({spec}): fused '
+                       "attention kernels need ('length', None) and ('kv', None).")
+    return jax.shard_map(kernel, in_specs=(spec, spec, spec), out_specs=spec,
+                         check_vma=False)(q, k, v)
+  return run
+
+
+def _pad_sequence(x: Array, length: int) -> Array:
+  """Zero-pads [B, T, H, D] at the end of T; causal masking hides padded keys from real queries."""
+  return jnp.pad(x, ((0, 0), (0, length - x.shape[1]), (0, 0), (0, 0)))
+
+
+def _tiles(impl: str, length: int, block_q: int, block_kv: int) -> tuple[int, int, int]:
+  padded, bq = attention_backends.tile(impl, block_q, length)
+  _, bkv = attention_backends.tile(impl, block_kv, length)
+  return padded, bq, bkv
+
+
+def _require_causal(impl: str, causal: bool) -> None:
+  if not causal:  # Both paths of the zoo are causal; without the mask, padding would be attended.
+    raise NotImplementedError(f'attention_impl={impl!r} implements causal attention only.')
+
+
+def splash_attention(q: Array, k: Array, v: Array, causal: bool, *, block_q: int = 0,
+                     block_kv: int = 0) -> Array:
+  """TPU splash attention with a causal mask; [B, T, H, D] in and out."""
+  _require_causal('splash', causal)
+  t = q.shape[1]
+  padded, bq, bkv = _tiles('splash', t, block_q, block_kv)
+  interpret = _INTERPRET.get()
+
+  def per_device(q, k, v):
+    kernel = _splash_kernel(q.shape[2], padded, bq, bkv, interpret)
+    to_heads_first = lambda x: _pad_sequence(x, padded).transpose(0, 2, 1, 3)  # [B, H, T, D]
+    q = q * jnp.asarray(q.shape[-1] ** -0.5, q.dtype)  # Splash leaves the scaling to the caller.
+    out = jax.vmap(kernel)(to_heads_first(q), to_heads_first(k), to_heads_first(v))
+    return out.transpose(0, 2, 1, 3)[:, :t]
+
+  return _per_device(per_device)(q, k, v)
+
+
+def _splash_kernel(heads: int, length: int, bq: int, bkv: int, interpret: bool):
+  """A causal splash kernel for [H, length, D]. Built per trace: its mask tables become constants
+  of the traced program (splash caches the mask preprocessing itself).
+
+  Splash masks logits with a large finite value, not -inf; every causal row keeps its diagonal,
+  so masked weights underflow to exactly 0 (tests check future keys change nothing, bitwise).
+  """
+  from jax.experimental.pallas.ops.tpu.splash_attention import (
+      splash_attention_kernel as splash, splash_attention_mask as mask_lib)
+
+  mask = mask_lib.MultiHeadMask([mask_lib.CausalMask((length, length))] * heads)
+  sizes = splash.BlockSizes(block_q=bq, block_kv=bkv, block_kv_compute=bkv, block_q_dkv=bq,
+                            block_kv_dkv=bkv, block_kv_dkv_compute=bkv, block_q_dq=bq,
+                            block_kv_dq=bkv)
+  return splash.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1,
+                                interpret=interpret)
+
+
+# Backward tiles of the Triton kernel; jax's own default, small enough for its shared memory.
+_PALLAS_GPU_BACKWARD_BLOCK = 32
+
+
+def pallas_gpu_attention(q: Array, k: Array, v: Array, causal: bool, *, block_q: int = 0,
+                         block_kv: int = 0) -> Array:
+  """Pallas (Triton) flash attention for GPUs; [B, T, H, D] in and out."""
+  _require_causal('pallas_gpu', causal)
+  with warnings.catch_warnings():  # The module announces its successor on import; it still works.
+    warnings.simplefilter('ignore', DeprecationWarning)
+    from jax.experimental.pallas.ops.gpu import attention as gpu_attention
+  t = q.shape[1]
+  padded, bq, bkv = _tiles('pallas_gpu', t, block_q, block_kv)
+  back = min(bq, bkv, _PALLAS_GPU_BACKWARD_BLOCK)
+  sizes = gpu_attention.BlockSizes(block_q=bq, block_k=bkv, block_q_dkv=back, block_kv_dkv=back,
+                                   block_q_dq=back, block_kv_dq=back)
+  interpret = _INTERPRET.get()
+
+  def per_device(q, k, v):
+    q, k, v = (_pad_sequence(x, padded) for x in (q, k, v))
+    out = gpu_attention.mha(q, k, v, None, sm_scale=q.shape[-1] ** -0.5, causal=True,
+                            block_sizes=sizes, interpret=interpret)
+    return out[:, :t].astype(q.dtype)
+
+  return _per_device(per_device)(q, k, v)

@@ -1,0 +1,154 @@
+"""Decoding equals the parallel model: logits within 1e-5, greedy tokens token for token, for
+every arm, several P, prompt lengths around block edges, mixed lengths in one batch; sampling."""
+
+import functools
+import pathlib
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from fastslow_jax import generate as gen
+from fastslow_jax import models
+
+VOCAB = 50
+NEW = 6
+
+
+def model_for(*, arm='coupled', P=4, gate='channel', slow_layers='all', seed=0, **kw):
+  """A small model (seq_len 48: a multiple of every P tested) with its gates forced open."""
+  cfg = models.ModelConfig(arm=arm, vocab_size=VOCAB, seq_len=48, d_model=32, num_layers=2,
+                           num_heads=2, slow_num_heads=2, mlp_dim=48, phi_dim=48, P=P, gate=gate,
+                           slow_layers=slow_layers, **kw)
+  model = models.build(cfg, rngs=seed)
+  params = nnx.state(model, nnx.Param)
+  nnx.update(model, nnx.map_state(
+      lambda path, v: jnp.full_like(v, 0.8) if 'gate' in path else v, params))
+  return model
+
+
+@functools.lru_cache(maxsize=None)
+def _forward(graphdef):
+  return jax.jit(lambda params, tokens: nnx.merge(graphdef, params)(tokens))
+
+
+def parallel_logits(model, rows):
+  """Logits of the parallel forward for each row (right-padded to seq_len; causal, so padding
+  after a row never reaches its positions)."""
+  tokens = np.zeros((len(rows), model.config.seq_len), np.int32)
+  for i, row in enumerate(rows):
+    tokens[i, :len(row)] = row
+  graphdef, params = nnx.split(model)
+  return np.asarray(_forward(graphdef)(params, jnp.asarray(tokens)))
+
+
+def prompts_for(P, seed=0):
+  lengths = sorted({max(1, P - 1), P, P + 1, 2 * P + 3})
+  rng = np.random.default_rng(seed)
+  return [list(rng.integers(0, VOCAB, n)) for n in lengths]
+
+
+def assert_decode_equals_parallel(model, prompts):
+  new, seen = gen.generate(model, prompts, max_new_tokens=NEW, return_logits=True)
+  full = [list(p) + n for p, n in zip(prompts, new)]
+  ref = parallel_logits(model, full)
+  for i, (prompt, tokens) in enumerate(zip(prompts, new)):
+    assert len(tokens) == NEW
+    want = ref[i, len(prompt) - 1:len(prompt) - 1 + NEW]
+    np.testing.assert_allclose(seen[i], want, atol=1e-5, rtol=1e-5,
+                               err_msg=f'row {i}, prompt length {len(prompt)}')
+    assert tokens == list(np.argmax(want, -1)), f'row {i}: greedy differs from the parallel argmax'
+
+
+@pytest.mark.parametrize('kw', [
+    dict(P=1), dict(P=3), dict(P=4), dict(P=16),
+    dict(P=4, gate='scalar'), dict(P=3, slow_layers='every:2'),
+    dict(arm='dense'), dict(arm='gate_frozen'), dict(arm='slow_frozen'),
+], ids=str)
+def test_decode_equals_parallel_forward(kw):
+  assert_decode_equals_parallel(model_for(**kw), prompts_for(kw.get('P', 4)))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('arm', models.ARMS)
+@pytest.mark.parametrize('P', [1, 3, 4, 16])
+@pytest.mark.parametrize('gate', ['scalar', 'channel'])
+@pytest.mark.parametrize('slow_layers', ['all', 'every:2'])
+def test_decode_equals_parallel_forward_full_grid(arm, P, gate, slow_layers):
+  model = model_for(arm=arm, P=P, gate=gate, slow_layers=slow_layers, seed=P)
+  assert_decode_equals_parallel(model, prompts_for(P, seed=P))
+
+
+def test_mixed_lengths_in_one_batch_equal_each_prompt_alone():
+  model = model_for(P=4)
+  prompts = prompts_for(4, seed=3)[::2]  # Lengths P-1 and P+1.
+  together = gen.generate(model, prompts, max_new_tokens=NEW, temperature=0.0)
+  alone = [gen.generate(model, [p], max_new_tokens=NEW)[0] for p in prompts]
+  assert together == alone
+
+
+def test_scanned_model_decodes_like_unrolled():
+  unrolled, scanned = model_for(P=4, seed=2), model_for(P=4, seed=2, scan_layers=True)
+  prompts = prompts_for(4, seed=1)
+  assert (gen.generate(scanned, prompts, max_new_tokens=NEW)
+          == gen.generate(unrolled, prompts, max_new_tokens=NEW))
+
+
+def test_sampling_is_deterministic_per_seed():
+  model = model_for(P=4)
+  prompts = prompts_for(4)
+  kw = dict(max_new_tokens=12, temperature=1.0, top_k=20, top_p=0.95)
+  first, again = (gen.generate(model, prompts, seed=7, **kw) for _ in range(2))
+  other = gen.generate(model, prompts, seed=8, **kw)
+  assert first == again and first != other
+
+
+@pytest.mark.parametrize('top_k,top_p', [(3, 1.0), (0, 0.5), (5, 0.7)])
+def test_top_k_and_top_p_never_emit_an_excluded_token(top_k, top_p):
+  logits = jnp.asarray(np.random.default_rng(0).normal(size=(4, 30)) * 2, jnp.float32)
+  probs = np.asarray(jax.nn.softmax(logits, -1), np.float64)
+  allowed, likely = [], []
+  for row in probs:
+    order = np.argsort(-row)[:top_k or None]  # Top-k first, then the nucleus of what is left.
+    kept = row[order] / row[order].sum()
+    mass_before = np.cumsum(kept) - kept
+    allowed.append({int(t) for t in order[mass_before < top_p]})
+    share = kept[mass_before < top_p] / kept[mass_before < top_p].sum()
+    likely.append({int(t) for t, q in zip(order[mass_before < top_p], share) if q > 0.03})
+  sampling = gen.Sampling(temperature=1.0, top_k=top_k, top_p=top_p)
+  keys = jax.random.split(jax.random.key(0), 400)
+  draws = np.asarray(jax.vmap(lambda k: gen.sample_logits(k, logits, sampling))(keys))
+  for i in range(4):
+    assert set(draws[:, i].tolist()) <= allowed[i]
+    assert likely[i] <= set(draws[:, i].tolist())  # The truncation is not stricter than asked.
+
+
+def test_eos_stops_a_row_while_others_continue():
+  model = model_for(P=4)
+  prompts = prompts_for(4, seed=5)[:3]
+  free = gen.generate(model, prompts, max_new_tokens=NEW)
+  eos = free[0][2]  # Row 0 draws this token at step 3.
+  stopped = gen.generate(model, prompts, max_new_tokens=NEW, eos_id=eos)
+  assert stopped[0] == free[0][:free[0].index(eos) + 1]
+  for before, after in zip(free[1:], stopped[1:]):
+    assert after == (before[:before.index(eos) + 1] if eos in before else before)
+
+
+@pytest.mark.parametrize('prompts,kw,message', [
+    ([list(range(49))], {}, 'more than model.seq_len=48'),
+    ([[]], {}, 'prompt 0 is empty'),
+    ([[1, 99]], {}, 'outside the vocabulary'),
+    ([[1]], dict(max_new_tokens=0), 'max_new_tokens=0'),
+    ([[1]], dict(top_p=0.0), 'top_p=0.0'),
+    ([[1]], dict(temperature=-1.0), 'temperature=-1.0'),
+    ([[1]], dict(eos_id=VOCAB), 'eos_id=50'),
+])
+def test_bad_arguments_are_one_line_errors(prompts, kw, message):
+  model = model_for(P=4)
+  with pytest.raises(ValueError, match=message) as e:
+    gen.generate(model, prompts, **{'max_new_tokens': 2, **kw})
+  assert '\n' not in str(e.value)
