@@ -6,6 +6,7 @@ r"""The quick start: the model zoo at a glance, then train -> checkpoint -> eval
 2. Trains the tiny `coupled` model on the synthetic fast-slow source (a minute or two on CPU),
    with checkpoints, metrics.jsonl and TensorBoard files in the workdir.
 3. Restores the checkpoint's parameters and evaluates them against the Bayes-optimal loss.
+4. Prints a short sample from the trained model (KV-cache decoding, `fastslow_jax.generate`).
 
 It runs through the same command-line plumbing as train and evaluate (`cli.run`): libraries'
 INFO logging stays out of the terminal, and bad flags end in one line with exit status 2.
@@ -21,7 +22,7 @@ import jax.numpy as jnp
 from absl import flags
 from flax import nnx
 
-from fastslow_jax import cli, configlib, evaluate, models, train
+from fastslow_jax import cli, configlib, data, evaluate, generate, models, train
 from fastslow_jax.rundir import RunDir
 
 
@@ -42,6 +43,17 @@ def zoo_table(vocab_size: int = 64) -> str:
                  f'{flops.total / 1e9:>15.4f} {flops.slow / flops.total:>11.1%} '
                  f'{str(tuple(logits.shape)):>16}')
   return '\n'.join(lines)
+
+
+def sample(workdir: str, num_tokens: int = 24) -> str:
+  """A short continuation of a validation window's first tokens by the trained model."""
+  restored = evaluate.restore(workdir, devices=jax.local_devices()[:1])
+  config = restored.config
+  prompt = data.make_dataset(config.data, seq_len=config.model.seq_len, split='validation')[0][:8]
+  tokenizer = data.tokenizer_for(config.data)
+  new = generate.generate(restored.model(), [prompt.tolist()], max_new_tokens=num_tokens,
+                          temperature=0.8, seed=0)[0]
+  return f'{tokenizer.decode(prompt).strip()} -> {tokenizer.decode(new).strip()}'
 
 
 def define_flags() -> None:
@@ -70,6 +82,7 @@ def main():
 
   print('Evaluating the restored checkpoint:')
   print(evaluate.format_result(evaluate.evaluate(workdir)))
+  print(f'\nA sample (token ids of the synthetic source, temperature 0.8): {sample(workdir)}')
   print(f'\nMetrics: {workdir}/metrics.jsonl; TensorBoard: tensorboard --logdir {workdir}')
 
 

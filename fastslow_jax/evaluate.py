@@ -127,11 +127,10 @@ def evaluate(workdir: str, *, step: int | None = None, split: str = 'validation'
   result = runtime.validation_loss(setup, setup.compile_eval_step(), restored.params, dataset,
                                    num_batches or config.eval_batches)
   loss = result['loss']
-  unit = dataset.bits_per_token_unit
   out = {
       'step': step, 'split': split, 'arm': config.model.arm, 'P': config.model.P,
       'loss': loss, 'perplexity': math.exp(min(loss, 700.0)),
-      f'bits_per_{unit}': loss / math.log(2), 'tokens': int(result['tokens']),
+      **data.bits(dataset, loss), 'tokens': int(result['tokens']),
       'gate': models.gate_values(restored.params),
   }
   if configured and config.data.kind == 'synthetic':

@@ -71,13 +71,16 @@ class StopSignals:
 
 
 def check_workdir(run: RunDir, config: ml_collections.ConfigDict, overwrite: bool) -> None:
-  """Refuses a workdir whose checkpoints belong to a different model, unless `overwrite`.
+  """Refuses a workdir whose checkpoints belong to a different model, unless `overwrite`, and
+  always one trained on data of another tokenizer.
 
   A field the saved config lacks (added to the model since) counts as its default.
   """
   if not run.config.exists() or not run.has_checkpoints():
     return
-  old = {**_MODEL_DEFAULTS, **run.read_config().model}
+  saved = run.read_config()
+  data.check_tokenizer(config.data, saved.data.get('tokenizer_fingerprint'), where=str(run.path))
+  old = {**_MODEL_DEFAULTS, **saved.model}
   changed = [f'model.{k}: {old.get(k)!r} -> {v!r}' for k, v in config.model.items()
              if k not in EXECUTION_ONLY_FIELDS and old.get(k) != v]
   if not changed:

@@ -24,6 +24,7 @@ config (one line on stderr).
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import os
 import pathlib
@@ -48,6 +49,11 @@ _TOPOLOGY = flags.DEFINE_string(
 _NUM_SLICES = flags.DEFINE_integer(
     'num_slices', 1, 'TPU slices joined over DCN (multi-slice); set --config.mesh.dcn_data to the '
     'same number so the data axis spans them.')
+_REMAT_POLICIES = flags.DEFINE_list(
+    'remat_policies', [], 'Compile once per remat policy (none, full, dots_saveable, minimal) and '
+    'compare their memory; default: the config\'s own.')
+_JSON_OUT = flags.DEFINE_string('json_out', None, 'Also write the figures as JSON (bytes, '
+                                'seconds, FLOPs) to this file, keyed by remat policy.')
 flags.mark_flags_as_required(['config', 'topology'])
 
 # Accelerator-type prefix -> (topology generation, cores per chip counted in the type: v4-32 is
@@ -180,36 +186,78 @@ def size(num_bytes: float) -> str:
   return f'{num_bytes:8.0f} B  '
 
 
-def report(config, setup, compiled, devices, topology: str, seconds: float) -> None:
-  """Prints the model, the mesh and the compiled step's per-device memory and FLOPs."""
+def measure(config, setup, compiled, devices, seconds: float) -> dict:
+  """The compiled step's per-device memory (bytes), whether it fits, and its FLOPs."""
   from fastslow_jax import models
 
-  model, batch = setup.model_config, config.batch_size
-  print(f'{model.arm} d_model={model.d_model} layers={model.num_layers} T={model.seq_len} '
-        f'P={model.P}: {models.param_count(setup.abstract_state.params):,} params')
-  print(f'{len(devices)} x {devices[0].device_kind} ({topology}), mesh {dict(setup.mesh.shape)}, '
-        f'global batch {batch}, grad_accum_steps {config.grad_accum_steps}; '
-        f'compiled in {seconds:.1f} s')
   memory = compiled.memory_analysis()
   get = lambda name: getattr(memory, f'{name}_size_in_bytes', 0) or 0
-  print('per-device memory (compiled estimate):')
-  for name in ('argument', 'output', 'alias', 'temp', 'generated_code'):
-    print(f'  {name:<15} {size(get(name))}')
-  total = get('argument') + get('output') - get('alias') + get('temp') + get('generated_code')
+  out = {name: get(name) for name in ('argument', 'output', 'alias', 'temp', 'generated_code')}
+  out['total'] = (out['argument'] + out['output'] - out['alias'] + out['temp']
+                  + out['generated_code'])
   hbm = _HBM_GIB.get(devices[0].device_kind) or _gpu_memory_gib(devices[0].device_kind)
-  share = f'  ({100 * total / (hbm * 2**30):.1f}% of {hbm:.4g} GiB HBM)' if hbm else ''
-  print(f'  {"total":<15} {size(total)}{share}')
-  peak = getattr(memory, 'peak_memory_in_bytes', 0) or 0
-  if peak:
-    print(f'  {"peak":<15} {size(peak)}')
+  out['hbm_gib'] = hbm
+  out['fits'] = None if hbm is None else out['total'] <= hbm * 2**30
+  out['peak'] = getattr(memory, 'peak_memory_in_bytes', 0) or 0
+  model, batch = setup.model_config, config.batch_size
+  out['params'] = models.param_count(setup.abstract_state.params)
+  out['compile_s'] = seconds
+  out['device_kind'] = devices[0].device_kind
+  out['mesh'] = dict(setup.mesh.shape)
+  out['analytic_flops'] = models.flops_per_token(model).total * batch * model.seq_len / len(devices)
+  out['analytic_flops_full'] = (models.flops_per_token(model, causal=False).total * batch
+                                * model.seq_len / len(devices))
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  analytic = models.flops_per_token(model).total * batch * model.seq_len / len(devices)
-  print(f'FLOPs per device per step: {analytic:.4g} (analytic, causal attention counted at half)')
-  if cost and cost.get('flops'):
-    loops = (f'; it counts loop bodies once, here the {config.grad_accum_steps}-step gradient '
-             'accumulation' if config.grad_accum_steps > 1 else '')
-    print(f'  XLA cost analysis: {cost["flops"]:.4g}{loops}')
+  out['xla_flops'] = float(cost['flops']) if cost and cost.get('flops') else None
+  return out
+
+
+def report(config, setup, result: dict, topology: str) -> None:
+  """Prints the model, the mesh and the compiled step's per-device memory and FLOPs."""
+  model = setup.model_config
+  print(f'{model.arm} d_model={model.d_model} layers={model.num_layers} T={model.seq_len} '
+        f'P={model.P}: {result["params"]:,} params; remat {model.remat}, '
+        f'scan_layers {model.scan_layers}, attention {model.attention_impl}')
+  print(f'{len(setup.mesh.devices.flat)} x {result["device_kind"]} ({topology}), mesh '
+        f'{result["mesh"]}, global batch {config.batch_size}, grad_accum_steps '
+        f'{config.grad_accum_steps}; compiled in {result["compile_s"]:.1f} s')
+  print('per-device memory (compiled estimate):')
+  for name in ('argument', 'output', 'alias', 'temp', 'generated_code'):
+    print(f'  {name:<15} {size(result[name])}')
+  hbm = result['hbm_gib']
+  share = f'  ({100 * result["total"] / (hbm * 2**30):.1f}% of {hbm:.4g} GiB HBM)' if hbm else ''
+  print(f'  {"total":<15} {size(result["total"])}{share}')
+  if result['peak']:
+    print(f'  {"peak":<15} {size(result["peak"])}')
+  print(f'FLOPs per device per step: {result["analytic_flops"]:.4g} (analytic, causal attention '
+        'counted at half)')
+  if result['xla_flops']:
+    loops = ('; it counts loop bodies once (scanned layers, gradient accumulation)'
+             if model.scan_layers or config.grad_accum_steps > 1 else '')
+    print(f'  XLA cost analysis: {result["xla_flops"]:.4g}{loops}')
+
+
+def compile_step(config, devices, topology: str):
+  """(setup, compiled step, seconds); a step that does not fit ends the command (exit 1)."""
+  from fastslow_jax import runtime
+
+  setup = runtime.TrainSetup(config, devices)
+  start = time.perf_counter()
+  try:
+    compiled = setup.compile_train_step(config.batch_size)
+  except Exception as e:  # XLA reports a program that does not fit as a compile error.
+    if 'cuDNN not found' in str(e):
+      print(f'skipped: cuDNN attention for {topology} needs the cuDNN libraries, which are not '
+            "installed here (pip install -e '.[aot-gpu]').")
+      sys.exit(0)
+    if 'RESOURCE_EXHAUSTED' not in str(e):
+      raise
+    message = next((line for line in str(e).splitlines() if 'RESOURCE_EXHAUSTED' in line), str(e))
+    cli.error(ValueError(f'does not fit {topology}: {message.strip()} (shard more with '
+                         '--config.mesh.*, lower --config.batch_size or raise '
+                         '--config.grad_accum_steps)'), status=1)
+  return setup, compiled, time.perf_counter() - start
 
 
 def main(argv) -> None:
@@ -221,26 +269,26 @@ def main(argv) -> None:
           f'{"the JAX CUDA plugin" if kind in gpu_models() else "libtpu"}, which is not installed '
           "here (pip install -e '.[aot-gpu]' or '.[test]', Linux x86_64).")
     return
-  from fastslow_jax import models, runtime
+  from fastslow_jax import runtime
 
-  config = runtime.resolve_config(_CONFIG.value, num_devices=len(devices))
-  setup = runtime.TrainSetup(config, devices)
-  start = time.perf_counter()
-  try:
-    compiled = setup.compile_train_step(config.batch_size)
-  except Exception as e:  # XLA reports a program that does not fit as a compile error.
-    if 'cuDNN not found' in str(e):
-      print(f'skipped: cuDNN attention for {kind}:{shape} needs the cuDNN libraries, which are not '
-            "installed here (pip install -e '.[aot-gpu]').")
-      return
-    if 'RESOURCE_EXHAUSTED' not in str(e):
-      raise
-    message = next((line for line in str(e).splitlines() if 'RESOURCE_EXHAUSTED' in line), str(e))
-    cli.error(ValueError(f'does not fit {_TOPOLOGY.value}: {message.strip()} (shard more with '
-                         '--config.mesh.*, lower --config.batch_size or raise '
-                         '--config.grad_accum_steps)'), status=1)
   slices = f' x {_NUM_SLICES.value} slices' if _NUM_SLICES.value > 1 else ''
-  report(config, setup, compiled, devices, f'{kind}:{shape}{slices}', time.perf_counter() - start)
+  topology = f'{kind}:{shape}{slices}'
+  results = {}
+  for policy in _REMAT_POLICIES.value or [None]:
+    config = _CONFIG.value
+    if policy is not None:
+      config.model.remat = policy
+    config = runtime.resolve_config(config, num_devices=len(devices))
+    setup, compiled, seconds = compile_step(config, devices, topology)
+    results[setup.model_config.remat] = measure(config, setup, compiled, devices, seconds)
+    report(config, setup, results[setup.model_config.remat], topology)
+  if len(results) > 1:
+    print('\nper-device memory by remat policy:')
+    for policy, r in results.items():
+      print(f'  {policy:<14} total {size(r["total"])}   temp {size(r["temp"])}'
+            f'{"" if r["fits"] is None else "   fits" if r["fits"] else "   does not fit"}')
+  if _JSON_OUT.value:
+    pathlib.Path(_JSON_OUT.value).write_text(json.dumps(results, indent=1) + '\n')
 
 
 def run(argv) -> None:

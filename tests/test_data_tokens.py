@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import pytest
 
@@ -520,3 +521,35 @@ def test_train_refuses_a_missing_dataset_in_one_line(tmp_path):
   assert out.returncode == 2
   assert out.stderr.strip().splitlines()[-1].startswith("error: data.path='")
   assert 'is not a directory' in out.stderr and not (tmp_path / 'run').exists()
+
+
+# -------------------------------------------------------------------------------- in a training run
+
+
+def test_train_evaluate_and_refuse_another_tokenizer(prepared, corpus, tmp_path):
+  """A run on prepared tokens: vocabulary from the tokenizer, bits per byte in evaluation, and
+  the workdir refuses data prepared with another tokenizer (before anything is written)."""
+  from fastslow_jax import configlib, evaluate, train
+  out, _ = prepared
+  config = configlib.load('fastslow:arm=coupled,size=tiny,P=8', {
+      'model.seq_len': 32, 'model.d_model': 32, 'model.mlp_dim': 64, 'model.phi_dim': 64,
+      'model.num_heads': 2, 'model.slow_num_heads': 2, 'batch_size': 8, 'total_steps': 2,
+      'eval_batches': 1, 'checkpoint_every': 2, 'data.kind': 'tokens', 'data.path': str(out),
+      'mesh.data': 1})
+  workdir = tmp_path / 'run'
+  train.train(config, workdir, devices=jax.devices()[:1])
+  result = evaluate.evaluate(str(workdir), devices=jax.devices()[:1], mesh='1,1,1')
+  bytes_per_token = data.make_dataset(config.data, seq_len=32, split='validation').bytes_per_token
+  assert 1 < bytes_per_token < 10
+  np.testing.assert_allclose(result['bits_per_byte'],
+                             result['loss'] / bytes_per_token / np.log(2), rtol=1e-9)
+  assert result['bits_per_token'] > result['bits_per_byte']
+  other = tmp_path / 'byte-ds'
+  prepare.prepare(str(other), 'byte', input=f'{corpus[0]}/*.txt', documents_mode='paragraph',
+                  val_fraction=0.1, num_workers=0)
+  config.data.path = str(other)
+  config.model.vocab_size = -1
+  before = sorted(p.name for p in workdir.iterdir())
+  with pytest.raises(ValueError, match='trained on tokenizer bpe') as e:
+    train.train(config, workdir, devices=jax.devices()[:1])
+  assert '\n' not in str(e.value) and sorted(p.name for p in workdir.iterdir()) == before

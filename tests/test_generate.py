@@ -152,3 +152,50 @@ def test_bad_arguments_are_one_line_errors(prompts, kw, message):
   with pytest.raises(ValueError, match=message) as e:
     gen.generate(model, prompts, **{'max_new_tokens': 2, **kw})
   assert '\n' not in str(e.value)
+
+
+# ------------------------------------------------------------------------------------------- CLI
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+ENV = {'JAX_PLATFORMS': 'cpu', 'CI': 'true', 'PATH': '/usr/bin:/bin'}
+
+
+def cli(*args):
+  return subprocess.run([sys.executable, '-m', 'fastslow_jax.generate', *args], cwd=ROOT,
+                        env=ENV, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope='module')
+def text_run(tmp_path_factory):
+  from fastslow_jax import configlib, train
+  root = tmp_path_factory.mktemp('generate')
+  (root / 'input.txt').write_text('To be, or not to be, that is the question.\n' * 400)
+  config = configlib.load('fastslow:arm=coupled,size=tiny,P=8', {
+      'model.seq_len': 32, 'model.d_model': 32, 'model.mlp_dim': 64, 'model.phi_dim': 64,
+      'model.num_heads': 2, 'model.slow_num_heads': 2, 'batch_size': 8, 'total_steps': 2,
+      'eval_batches': 1, 'data.kind': 'text', 'data.path': str(root / 'input.txt'),
+      'mesh.data': 1})
+  train.train(config, root / 'run', devices=jax.devices()[:1])
+  return root / 'run'
+
+
+@pytest.mark.slow
+def test_cli_prints_prompt_and_samples(text_run):
+  done = cli(f'--workdir={text_run}', '--prompt=To be', '--max_new_tokens=12', '--num_samples=2',
+             '--temperature=1.0', '--seed=3')
+  assert done.returncode == 0, done.stderr
+  samples = [s for s in done.stdout.split('--- sample ') if s.strip()]
+  assert len(samples) == 2 and all('\nTo be' in s for s in samples)
+
+
+@pytest.mark.parametrize('args,message', [
+    (['--prompt=x', '--prompt_file=nope.txt'], 'exactly one of --prompt or --prompt_file'),
+    (['--prompt_file=nope.txt'], "--prompt_file='nope.txt' cannot be read"),
+    (['--prompt=x', '--top_p=2'], 'top_p'),
+    (['--prompt=x', '--max_new_tokens=0'], 'max_new_tokens'),
+    (['--prompt=x', '--step=999'], 'no checkpoint at step 999'),
+])
+def test_cli_bad_input_is_one_line(text_run, args, message):
+  done = cli(f'--workdir={text_run}', *args)
+  assert done.returncode == 2 and message in done.stderr
+  assert len(done.stderr.strip().splitlines()) == 1, done.stderr
