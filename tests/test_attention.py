@@ -322,12 +322,17 @@ def test_bad_gpu_topology_names(topology):
   assert all(model in str(e.value) for model in aot_compile.gpu_models())
 
 
-def test_gpu_compile_without_the_cuda_plugin_is_one_skip_line():
+def aot_compile(topology: str, impl: str) -> subprocess.CompletedProcess:
+  """`launch.aot_compile` of the tiny config with attention `impl`, in its own process."""
   env = {k: v for k, v in os.environ.items() if k not in ('XLA_FLAGS', 'JAX_PLATFORMS')}
-  result = subprocess.run([sys.executable, '-m', 'launch.aot_compile', '--topology=h100:4',
-                           '--config=configs/fastslow.py:size=tiny',
-                           '--config.model.attention_impl=pallas_gpu'],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  return subprocess.run([sys.executable, '-m', 'launch.aot_compile', f'--topology={topology}',
+                         '--config=configs/fastslow.py:size=tiny',
+                         f'--config.model.attention_impl={impl}'],
+                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_gpu_compile_without_the_cuda_plugin_is_one_skip_line():
+  result = aot_compile('h100:4', 'pallas_gpu')
   assert result.returncode == 0, result.stderr[-2000:]
   if result.stdout.startswith('skipped:'):
     assert len(result.stdout.splitlines()) == 1 and 'CUDA plugin' in result.stdout
@@ -336,11 +341,7 @@ def test_gpu_compile_without_the_cuda_plugin_is_one_skip_line():
 
 
 def test_aot_compile_refuses_a_kernel_the_target_cannot_run():
-  env = {k: v for k, v in os.environ.items() if k not in ('XLA_FLAGS', 'JAX_PLATFORMS')}
-  result = subprocess.run([sys.executable, '-m', 'launch.aot_compile', '--topology=cpu:4',
-                           '--config=configs/fastslow.py:size=tiny',
-                           '--config.model.attention_impl=splash'],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  result = aot_compile('cpu:4', 'splash')
   assert result.returncode == 2 and result.stderr.startswith('error: ')
   assert len(result.stderr.strip().splitlines()) == 1 and 'runs on tpu only' in result.stderr
 
