@@ -4,8 +4,8 @@ r"""Decoding speed: KV-cache decode vs re-running the full forward per token, de
     python -m experiments.bench_decode --sizes=small --seq_len=1024 --tokens=64
 
 Per row (size, arm): a random-weight model, a prompt filling the context up to `seq_len - tokens`,
-then `tokens` jitted one-token decode steps (the slow path's block step included, once per P
-tokens), median over rounds; against it, the jitted parallel forward over the whole context,
+then `tokens` jitted one-token decode steps (caches donated, updated in place; the slow path's
+block step included, once per P tokens), median over rounds; against it, the jitted parallel forward over the whole context,
 which is what each token costs without a cache. The rows of one size are timed round-robin so
 that a machine's changing load hits them alike. Prints ms per token, tokens/s, the cache speed-up
 and the coupled / dense ratio.
@@ -53,14 +53,16 @@ class Row:
     prefill = jax.jit(lambda p, t: nnx.merge(graphdef, p).prefill(t, lengths, f.seq_len)[1])
     self.caches = prefill(self.params, self.context[:, :prompt_len])
     self.start = prompt_len
-    self.decode = jax.jit(lambda p, t, pos, c: nnx.merge(graphdef, p).decode(t, pos, c))
+    # The caches are donated and updated in place, as in `generate`'s decode loop.
+    self.decode = jax.jit(lambda p, t, pos, c: nnx.merge(graphdef, p).decode(t, pos, c),
+                          donate_argnums=3)
     self.forward = jax.jit(lambda p, t: nnx.merge(graphdef, p)(t))
     self.decode_s, self.forward_s = [], []
     self.time_round()  # Compiles and warms up; not recorded.
     self.decode_s, self.forward_s = [], []
 
   def time_round(self) -> None:
-    caches, batch = self.caches, self.f.batch_size
+    caches, batch = jax.tree.map(jnp.copy, self.caches), self.f.batch_size
     start = time.perf_counter()
     for i in range(self.f.tokens):
       pos = jnp.full((batch,), self.start + i, jnp.int32)

@@ -222,20 +222,21 @@ def _flops(stage) -> float | None:
 
 def unrolled_flops(config, devices) -> float | None:
   """XLA's FLOPs per device of the same step with every loop unrolled (layers not scanned, no
-  gradient accumulation), from the lowered program: no compile needed."""
-  import jax.numpy as jnp
+  gradient accumulation): the whole program lowered for one local CPU device (no compile), over
+  the number of target devices. Lowered programs of compile-only devices have no cost analysis."""
   import jax
+  import jax.numpy as jnp
   from fastslow_jax import runtime
 
   twin = runtime.resolve_config(config, num_devices=len(devices))
   twin.model.scan_layers, twin.grad_accum_steps = False, 1
-  setup = runtime.TrainSetup(twin, devices)
+  twin.mesh.data, twin.mesh.fsdp, twin.mesh.tensor, twin.mesh.dcn_data = 1, 1, 1, 1
+  twin.model.attention_impl = 'reference'  # The kernels' FLOPs are opaque to the analysis.
+  setup = runtime.TrainSetup(twin, jax.devices('cpu')[:1])
   step = runtime.make_train_step(setup.graphdef, setup.tx, 1, setup.batch_sharding)
-  tokens = jax.ShapeDtypeStruct((twin.batch_size, setup.model_config.seq_len + 1), jnp.int32,
-                                sharding=setup.batch_sharding)
+  tokens = jax.ShapeDtypeStruct((twin.batch_size, setup.model_config.seq_len + 1), jnp.int32)
   with setup.activate():
-    lowered = jax.jit(step, in_shardings=(setup.state_sharding, setup.batch_sharding)).lower(
-        setup.abstract_state_with_sharding(), tokens)
+    lowered = jax.jit(step).lower(setup.abstract_state, tokens)
   flops = _flops(lowered)
   return None if flops is None else flops / len(devices)
 

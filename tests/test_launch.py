@@ -471,7 +471,12 @@ def test_aot_compile_on_cpu_devices_prints_memory():
   for field in ('argument', 'output', 'temp', 'generated_code', 'total'):
     assert re.search(rf'^  {field}\s+[\d.]+ (GiB|MiB|KiB|B)', result.stdout, re.M), field
   assert re.search(r'FLOPs per device per step: [\d.e+]+ \(analytic', result.stdout)
-  assert re.search(r'XLA cost analysis: [\d.e+]+$', result.stdout, re.M)
+  # XLA's count of the step against the analytic one of the masked T x T product it executes:
+  # the excess is the elementwise work (softmax, norms, AdamW) the analytic count leaves out.
+  xla, analytic = (float(x) for x in re.search(
+      r'XLA cost analysis: ([\d.e+]+) \(masked attention .* analytic ([\d.e+]+) counted so\)$',
+      result.stdout, re.M).groups())
+  assert 1.0 <= xla / analytic < 1.15, (xla, analytic)
 
 
 def test_aot_config_errors_are_one_line():
