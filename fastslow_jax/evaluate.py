@@ -72,6 +72,10 @@ def restore(workdir: str, step: int | None = None, *, mesh: str = '1,-1,1', devi
   run = RunDir(workdir)
   run.check(run=True, write=False)
   config = run.read_config()
+  # The data at data.path must still be tokenized as the run was trained (a directory prepared
+  # again with another tokenizer would be scored, or prompts encoded, with the wrong ids).
+  data.check_tokenizer(config.data, config.data.get('tokenizer_fingerprint'), where=str(run.path),
+                      fix=f'at data.path (as in {run.config})')
   restored = _restore(workdir, step, config, mesh, devices)
   if scan_layers is None or scan_layers == restored.config.model.get('scan_layers', False):
     return restored

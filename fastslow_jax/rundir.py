@@ -75,7 +75,16 @@ class RunDir:
     if run and not self.config.exists():
       raise ValueError(self._not_a_run())
     if local and write:
-      _check_writable(self)
+      check_writable_dir(str(self.path), '--workdir', [(str(p), d) for p, d in self.layout()])
+
+  def create(self) -> None:
+    """Creates the directory (and its parents); a one-line ValueError where that fails after the
+    checks passed (e.g. a filesystem that refuses even root)."""
+    try:
+      self.path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+      raise ValueError(f'--workdir {self.path} cannot be created ({e.strerror or e}): choose '
+                       'another --workdir.') from None
 
   def _not_a_run(self) -> str:
     return f'{self.config} not found: --workdir must be a directory written by fastslow_jax.train.'
@@ -107,19 +116,36 @@ def _check_kind(path: str, is_dir: bool) -> None:
                      'choose another --workdir.')
 
 
-def _check_writable(run: RunDir) -> None:
-  """The run directory can be created, or it and the entries of its layout can be written."""
-  path = existing = str(run.path)
+def check_writable_dir(path: str, flag: str,
+                       entries: list[tuple[str, bool]] = ()) -> None:
+  """A local directory `path` (named by `flag` in messages) can be created, or it and the
+  existing `entries` in it ((path, is a directory)) can be written; a one-line ValueError naming
+  the path and the fix otherwise. Read-only filesystems are refused too: they refuse root, whom
+  permission bits do not stop. Creates nothing."""
+  path = existing = os.path.abspath(path)
   while not os.path.lexists(existing):
     existing = os.path.dirname(existing)
   if existing != path:  # To be created under `existing`.
     if not os.path.isdir(existing):
-      raise ValueError(f'--workdir {path} cannot be created: {existing} is a file. Choose another '
-                       '--workdir.')
+      raise ValueError(f'{flag} {path} cannot be created: {existing} is a file. Choose another '
+                       f'{flag}.')
+    if _read_only(existing):
+      raise ValueError(f'{flag} {path} cannot be created: {existing} is on a read-only '
+                       f'filesystem. Choose another {flag}.')
     if not os.access(existing, os.W_OK | os.X_OK):
-      raise ValueError(f'--workdir {path} cannot be created: {existing} is not writable. Fix its '
-                       'permissions or choose another --workdir.')
+      raise ValueError(f'{flag} {path} cannot be created: {existing} is not writable. Fix its '
+                       f'permissions or choose another {flag}.')
     return
-  for entry, is_dir in ((path, True), *((str(p), d) for p, d in run.layout())):
+  if _read_only(path):
+    raise ValueError(f'{flag} {path} is on a read-only filesystem: choose another {flag}.')
+  for entry, is_dir in ((path, True), *entries):
     if os.path.exists(entry) and not os.access(entry, os.W_OK | (os.X_OK if is_dir else 0)):
-      raise ValueError(f'{entry} is not writable: fix its permissions or choose another --workdir.')
+      raise ValueError(f'{entry} is not writable: fix its permissions or choose another {flag}.')
+
+
+def _read_only(path: str) -> bool:
+  """Whether `path` lies on a filesystem mounted read-only."""
+  try:
+    return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+  except OSError:
+    return False

@@ -124,7 +124,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, devices=None,
   setup = runtime.TrainSetup(config, devices)
   check_workdir(run, config, overwrite)
   if jax.process_index() == 0:  # Only once the config and the data have been checked.
-    run.path.mkdir(parents=True, exist_ok=True)
+    run.create()
 
   mngr = checkpointing.manager(workdir, save_every=config.checkpoint_every,
                                keep=config.keep_checkpoints)

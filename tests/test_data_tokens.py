@@ -330,6 +330,8 @@ def _tree(path):
     ('another tokenizer', 'prepared with other arguments .tokenizer:'),
     ('not a dataset', 'holds no prepared dataset'),
     ('being written', 'is being written by another prepare'),
+    ('output under a file', 'cannot be created: .* is a file'),
+    ('empty output', '--output is empty'),
 ])
 def test_prepare_refuses_bad_input_writing_nothing(corpus, prepared, tmp_path, case, match):
   root, _ = corpus
@@ -361,13 +363,16 @@ def test_prepare_refuses_bad_input_writing_nothing(corpus, prepared, tmp_path, c
   elif case == 'being written':
     out.mkdir()
     held = prepare._lock(str(out))  # As another prepare holds it.
-  before = _tree(out)
+  elif case == 'output under a file':
+    (tmp_path / 'a_file').write_text('kept')
+    out = tmp_path / 'a_file' / 'out'
+  before, everything = _tree(out), _tree(tmp_path)
   with pytest.raises(ValueError, match=match) as e:
-    prepare.prepare(str(out), spec, **kwargs)
+    prepare.prepare('' if case == 'empty output' else str(out), spec, **kwargs)
   if case == 'being written':
     os.close(held)
   assert '\n' not in str(e.value)
-  assert _tree(out) == before  # Nothing written, nothing touched.
+  assert _tree(out) == before and _tree(tmp_path) == everything  # Nothing written or touched.
 
 
 def test_prepare_command_line(corpus, prepared):
@@ -390,6 +395,51 @@ def test_prepare_command_line(corpus, prepared):
                        '--verify'], cwd=ROOT, env=env, capture_output=True, text=True)
   assert ok.returncode == 0 and 'every shard matches' in ok.stdout
   assert _tree(out) == before
+
+
+def test_prepare_command_line_bad_input_is_one_line_exit_2(corpus, tmp_path):
+  """Through the command line: one line on stderr (no library logging), exit status 2, and
+  nothing written anywhere under the working directory."""
+  (tmp_path / 'empty.txt').write_text('')
+  (tmp_path / 'a_file').write_text('kept')
+  good = [f'--input={corpus[0]}/a.txt', '--documents=paragraph']
+  cases = [
+      (good[:0] + ['--input=missing*.txt'], 'matches no file'),
+      (['--input=empty.txt'], 'holds no documents'),
+      (good + ['--tokenizer=hf:missing/tokenizer.json'], 'is not a file'),
+      (good + ['--tokenizer=sentencepiece:missing.model'], 'is not a file'),
+      (good + ['--output=a_file/out'], 'cannot be created: '),
+      (good + ['--output='], '--output is empty'),
+      (good + ['--val_fraction=0'], '--val_fraction=0.0 is invalid'),
+      (good + ['--num_workers=-1'], '--num_workers=-1'),
+      (['--tfds_name=no_such_set', f'--tfds_data_dir={tmp_path}'], 'is not found'),
+  ]
+  env = {**os.environ, 'PYTHONPATH': str(ROOT)}
+  before = _tree(tmp_path)
+  for args, match in cases:
+    if not any(a.startswith('--output') for a in args):
+      args = args + ['--output=out']
+    done = subprocess.run([sys.executable, '-m', 'fastslow_jax.data.prepare', *args],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    lines = done.stderr.splitlines()
+    assert done.returncode == 2 and len(lines) == 1, (args, done.stderr[-2000:])
+    assert lines[0].startswith('error: ') and match in lines[0], (args, lines)
+    assert done.stdout == '' and _tree(tmp_path) == before, args
+
+
+def test_shakespeare_with_bpe_2048_as_the_readme_says(shakespeare_path, tmp_path):
+  """The worked example's first command: documents, tokens and bytes per token per split."""
+  manifest = prepare.prepare(str(tmp_path / 'ds'), 'bpe:2048', input=str(shakespeare_path),
+                             documents_mode='paragraph', num_workers=0)
+  train, val = (manifest['splits'][s] for s in tokens.SPLITS)
+  assert (train['documents'], val['documents']) == (6861, 361)
+  assert round(train['tokens'], -3) == 361_000 and round(val['tokens'], -3) == 20_000
+  assert round(train['bytes'] / train['tokens'], 2) == 2.89
+  assert manifest['tokenizer']['vocab_size'] == 2048
+  cfg = tokens_config(tmp_path / 'ds')
+  tok, stream = data.tokenizer_for(cfg), all_tokens(tmp_path / 'ds', 'validation')
+  text = shakespeare_path.read_text()
+  assert all(doc in text for doc in split_documents(tok, stream))
 
 
 # ------------------------------------------------------------------------------- tokens source
@@ -530,7 +580,8 @@ def test_train_evaluate_and_refuse_another_tokenizer(prepared, corpus, tmp_path)
   """A run on prepared tokens: vocabulary from the tokenizer, bits per byte in evaluation, and
   the workdir refuses data prepared with another tokenizer (before anything is written)."""
   from fastslow_jax import configlib, evaluate, train
-  out, _ = prepared
+  out = tmp_path / 'ds'  # A copy of the dataset: it is prepared again with another tokenizer.
+  shutil.copytree(prepared[0], out)
   config = configlib.load('fastslow:arm=coupled,size=tiny,P=8', {
       'model.seq_len': 32, 'model.d_model': 32, 'model.mlp_dim': 64, 'model.phi_dim': 64,
       'model.num_heads': 2, 'model.slow_num_heads': 2, 'batch_size': 8, 'total_steps': 2,
@@ -553,3 +604,13 @@ def test_train_evaluate_and_refuse_another_tokenizer(prepared, corpus, tmp_path)
   with pytest.raises(ValueError, match='trained on tokenizer bpe') as e:
     train.train(config, workdir, devices=jax.devices()[:1])
   assert '\n' not in str(e.value) and sorted(p.name for p in workdir.iterdir()) == before
+  # The run's own data.path prepared again with another tokenizer: evaluation and generation
+  # (which restores through evaluate.restore) refuse it rather than score or decode other ids.
+  shutil.rmtree(out)
+  shutil.copytree(other, out)
+  for call in (lambda: evaluate.evaluate(str(workdir), devices=jax.devices()[:1], mesh='1,1,1'),
+               lambda: evaluate.restore(str(workdir), devices=jax.devices()[:1], mesh='1,1,1')):
+    with pytest.raises(ValueError, match=r'trained on tokenizer bpe-\w+, but data.path=.* has '
+                       r'byte-\w+: use data prepared with the same tokenizer') as e:
+      call()
+    assert '\n' not in str(e.value) and sorted(p.name for p in workdir.iterdir()) == before

@@ -194,8 +194,13 @@ def test_cli_prints_prompt_and_samples(text_run):
     (['--prompt=x', '--top_p=2'], 'top_p'),
     (['--prompt=x', '--max_new_tokens=0'], 'max_new_tokens'),
     (['--prompt=x', '--step=999'], 'no checkpoint at step 999'),
+    (['--prompt=x', '--num_samples=0'], '--num_samples=0'),
+    (['--prompt=' + 'x' * 40], 'prompt 0 has 40 tokens, more than model.seq_len=32'),
+    (['--prompt=x', '--workdir=/no/such/run'], 'config.json not found'),  # The last one counts.
 ])
 def test_cli_bad_input_is_one_line(text_run, args, message):
+  before = sorted((p, p.stat().st_mtime_ns) for p in text_run.rglob('*'))
   done = cli(f'--workdir={text_run}', *args)
-  assert done.returncode == 2 and message in done.stderr
-  assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+  assert done.returncode == 2 and message in done.stderr, done.stderr[-2000:]
+  assert len(done.stderr.strip().splitlines()) == 1 and done.stdout == '', done.stderr
+  assert sorted((p, p.stat().st_mtime_ns) for p in text_run.rglob('*')) == before

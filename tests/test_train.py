@@ -185,3 +185,58 @@ def test_fsdp_tensor_mesh_compiles_without_involuntary_rematerialization():
                         text=True, timeout=600)
   assert done.returncode == 0 and 'compiled' in done.stdout, done.stderr[-2000:]
   assert 'Involuntary full rematerialization' not in done.stderr, done.stderr[-2000:]
+
+
+# ------------------------------------------------------------------------------- bad workdirs
+
+
+def refused(call, match: str):
+  """`call()` raises a one-line ValueError matching `match`."""
+  with pytest.raises(ValueError, match=match) as e:
+    call()
+  assert '\n' not in str(e.value)
+
+
+def test_workdirs_that_cannot_be_used_are_refused_writing_nothing(tmp_path, monkeypatch):
+  config = tiny_config()
+  a_file = tmp_path / 'a_file'
+  a_file.write_text('kept\n')
+  refused(lambda: train.train(config, a_file), 'is a file, not a directory')
+  refused(lambda: train.train(config, a_file / 'run'), f'cannot be created: {a_file} is a file')
+  (tmp_path / 'run').mkdir()
+  (tmp_path / 'run' / 'checkpoints').write_text('')
+  refused(lambda: train.train(config, tmp_path / 'run'), 'checkpoints is a file')
+  # A read-only filesystem refuses root too, whom permission bits do not stop.
+  real_statvfs = os.statvfs
+  def statvfs(path):
+    result = real_statvfs(path)
+    if not str(path).startswith(str(tmp_path / 'mounted')):
+      return result
+    return os.statvfs_result((*result[:8], result.f_flag | os.ST_RDONLY, result.f_namemax))
+  (tmp_path / 'mounted').mkdir()
+  monkeypatch.setattr(os, 'statvfs', statvfs)
+  refused(lambda: train.train(config, tmp_path / 'mounted' / 'run'),
+          'cannot be created: .*mounted is on a read-only filesystem')
+  refused(lambda: train.train(config, tmp_path / 'mounted'), 'is on a read-only filesystem')
+  assert sorted(p.name for p in tmp_path.rglob('*')) == ['a_file', 'checkpoints', 'mounted', 'run']
+  assert a_file.read_text() == 'kept\n'
+
+
+@pytest.mark.skipif(not os.path.isdir('/proc/self'), reason='needs Linux /proc')
+def test_a_workdir_the_filesystem_refuses_to_create_is_one_line():
+  """Under /proc nobody can create a directory, root included, whatever the permission bits
+  say: the failure to create it is the one-line error, before anything else is written."""
+  refused(lambda: train.train(tiny_config(), '/proc/fastslow-jax-test/run'),
+          'cannot be created .*: choose another --workdir')
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason='root writes through permission bits')
+def test_a_workdir_under_a_directory_without_write_permission_is_refused(tmp_path):
+  locked = tmp_path / 'locked'
+  locked.mkdir()
+  locked.chmod(0o555)
+  try:
+    refused(lambda: train.train(tiny_config(), locked / 'run'), f'{locked} is not writable')
+    assert not (locked / 'run').exists()
+  finally:
+    locked.chmod(0o755)

@@ -119,16 +119,17 @@ def tokenizer_fingerprint(cfg: ml_collections.ConfigDict) -> str | None:
 
 
 def check_tokenizer(cfg: ml_collections.ConfigDict, trained_with: str | None,
-                    where: str = 'the workdir') -> None:
+                    where: str = 'the workdir', fix: str = 'or a new --workdir') -> None:
   """Refuses data tokenized otherwise than the run `trained_with` (its recorded fingerprint;
-  None: nothing recorded, anything goes). One-line ValueError naming data.path and the fix."""
+  None: nothing recorded, anything goes). One-line ValueError naming data.path and the fix
+  (`fix` completes 'use data prepared with the same tokenizer')."""
   now = tokenizer_fingerprint(cfg)
   if trained_with is None or now == trained_with:
     return
   source = (f'data.path={cfg.path!r}' if cfg.kind in ('text', 'tokens')
             else f'data.kind={cfg.kind!r}')
   raise ValueError(f'{where} was trained on tokenizer {trained_with}, but {source} has '
-                   f'{now}: use data prepared with the same tokenizer, or a new --workdir.')
+                   f'{now}: use data prepared with the same tokenizer{", " + fix if fix else ""}.')
 
 
 def bits(dataset: TokenDataset, loss: float) -> dict[str, float]:

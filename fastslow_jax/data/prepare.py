@@ -30,8 +30,9 @@ from collections.abc import Iterator
 import numpy as np
 import tqdm
 
-from fastslow_jax.data import documents, tokenizers, tokens
+from fastslow_jax import rundir
 from fastslow_jax.configs.common import default_data_config
+from fastslow_jax.data import documents, tokenizers, tokens
 
 DEFAULT_TASK_BYTES = 1 << 20  # Text per worker task: the unit of work and of resumption.
 DEFAULT_SHARD_TOKENS = 1 << 27  # 256 MiB of uint16 per shard.
@@ -49,6 +50,8 @@ def prepare(output: str, tokenizer: str = 'byte', *, input: str = '', tfds_name:
   from the data config). Bad arguments or input raise a one-line ValueError before anything is
   written.
   """
+  if not str(output).strip():
+    raise ValueError('--output is empty: name the directory to write the dataset to.')
   cfg = default_data_config()
   cfg.update(dict(tfds_name=tfds_name, **tfds_fields))
   val_fraction = cfg.val_fraction if val_fraction is None else val_fraction
@@ -68,8 +71,13 @@ def prepare(output: str, tokenizer: str = 'byte', *, input: str = '', tfds_name:
   if complete:
     print(f'{output} is already prepared with these arguments.')
     return state
+  rundir.check_writable_dir(out, '--output')
   counts = _count_documents(inputs, val_fraction)
-  os.makedirs(out, exist_ok=True)  # Everything has been checked: the first write.
+  try:
+    os.makedirs(out, exist_ok=True)  # Everything has been checked: the first write.
+  except OSError as e:
+    raise ValueError(f'--output {out} cannot be created ({e.strerror or e}): choose another '
+                     '--output.') from None
   lock = _lock(out)
   try:
     state, complete = _existing_state(out, arguments)  # Again, under the lock.
@@ -465,6 +473,7 @@ def run() -> None:
   cli.check_flag_ranges(set(flags.FLAGS) - before)
 
   def wrapped(argv):
+    cli.quiet_library_logs()
     try:
       main(argv)
     except ValueError as e:
