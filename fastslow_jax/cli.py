@@ -20,7 +20,7 @@ from absl import logging as absl_logging
 from fastslow_jax import configlib, distributed
 
 
-QUIET_LIBRARIES = ('orbax', 'grain', 'tensorstore', 'jax', 'tensorflow_datasets')
+QUIET_LIBRARIES = ('orbax', 'grain', 'tensorstore', 'jax', 'optax', 'tensorflow_datasets')
 
 
 def quiet_library_logs(prefixes=QUIET_LIBRARIES) -> None:

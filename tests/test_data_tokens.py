@@ -404,7 +404,7 @@ def test_prepare_command_line_bad_input_is_one_line_exit_2(corpus, tmp_path):
   (tmp_path / 'a_file').write_text('kept')
   good = [f'--input={corpus[0]}/a.txt', '--documents=paragraph']
   cases = [
-      (good[:0] + ['--input=missing*.txt'], 'matches no file'),
+      (['--input=missing*.txt'], 'matches no file'),
       (['--input=empty.txt'], 'holds no documents'),
       (good + ['--tokenizer=hf:missing/tokenizer.json'], 'is not a file'),
       (good + ['--tokenizer=sentencepiece:missing.model'], 'is not a file'),
