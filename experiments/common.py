@@ -18,6 +18,7 @@ import math
 import os
 import pathlib
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -154,7 +155,7 @@ def define_grid_flags(name: str | None, *, tokens_help: str = 'Training tokens p
                     'optim.lr=1e-3,batch_size=32.')
   if timing:
     flags.DEFINE_integer('timing_rounds', 20, 'Interleaved rounds of the step-time benchmark '
-                         "(0: use the runs' own step times).")
+                         "(0: use the runs' own step times).", lower_bound=0)
   flags.DEFINE_string('name', name, 'Report / workdir name' + ('.' if name else
                       ' (default paper_<tokens>).'))
   flags.DEFINE_string('workdir_root', None, 'Where the runs go (default workdirs/<name>).')
@@ -223,8 +224,7 @@ def run_grid(runs: Sequence[Run], root: str | os.PathLike, *, devices=None,
         log(f'[{i + 1}/{len(runs)}] {run.name}: reused ({result_path})')
         results.append(old)
         continue
-      import shutil  # A different config under the same name: start that run afresh.
-      shutil.rmtree(workdir)
+      shutil.rmtree(workdir)  # A different config under the same name: start that run afresh.
     log(f'[{i + 1}/{len(runs)}] {run.name}: {run.config.total_steps} steps ...')
     start = time.perf_counter()
     last = train.train(run.config, str(workdir), devices=devices, overwrite=True)

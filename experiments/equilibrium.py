@@ -33,7 +33,7 @@ import numpy as np
 from scipy import optimize
 
 from experiments import common
-from fastslow_jax import data, evaluate, models, runtime, train
+from fastslow_jax import data, evaluate, models, train
 from fastslow_jax.data import ctmc
 
 DEFAULT_PS = (4, 8, 16, 32, 64)
@@ -149,6 +149,16 @@ def ctmc_datasets(source: ctmc.CTMCSource, *, seq_len: int, num_train: int, seed
   return train.Datasets(windows(1, num_train, 'train'), windows(2, num_val, 'validation'))
 
 
+def validation_loss(restored: evaluate.Restored, dataset: data.TokenDataset) -> float:
+  """Mean next-token loss over every window of `dataset`, scored in one batch (the float32 sum
+  and ratio of the run's eval step, as this report has always computed it)."""
+  setup = restored.setup
+  windows = np.stack([dataset[i] for i in range(len(dataset))])
+  with setup.activate():
+    total, count = setup.compile_eval_step()(restored.params, setup.global_batch(windows))
+  return float(total / count)
+
+
 def oracle_loss(source: ctmc.CTMCSource, *, seq_len: int, seed: int, P: int,
                 num_val: int = 64) -> float:
   """The loss of a predictor told y, on the validation windows of `ctmc_datasets`."""
@@ -186,11 +196,9 @@ def train_one(P: int, *, source: ctmc.CTMCSource, size: str, tokens: int, seed: 
   for step in probe_at:  # Train up to the probe step (a checkpoint), then probe that checkpoint.
     train.train(config, str(workdir), devices=devices, stop_at_step=step, datasets=datasets)
     restored = evaluate.restore(str(workdir), step, devices=devices)
-    setup = restored.setup
-    val = runtime.validation_loss(setup, setup.compile_eval_step(), restored.params,
-                                  datasets.validation, config.eval_batches)
-    with setup.activate():
-      record = {'val_loss': val['loss'], 'tv': probe(restored.model(), fit, test),
+    with restored.setup.activate():
+      record = {'val_loss': validation_loss(restored, datasets.validation),
+                'tv': probe(restored.model(), fit, test),
                 'gate': models.gate_values(restored.params)}
     curve.append({'step': step, **record})
     log(f'P={P} step {step}: val {record["val_loss"]:.4f}, TV '
@@ -444,12 +452,15 @@ def main():
 def define_flags():
   from absl import flags
   flags.DEFINE_list('Ps', [str(p) for p in DEFAULT_PS], 'Pooling periods (must divide T).')
-  flags.DEFINE_integer('seed', 0, 'Model seed (init, training and probe windows).')
-  flags.DEFINE_integer('probes', 8, 'Probe points per run (init and the end included).')
+  flags.DEFINE_integer('seed', 0, 'Model seed (init, training and probe windows).', lower_bound=0)
+  flags.DEFINE_integer('probes', 8, 'Probe points per run (init and the end included).',
+                       lower_bound=2)
   flags.DEFINE_integer('probe_windows', 256, 'Windows to fit the read-out on (and as many to '
-                       'score it on).')
-  flags.DEFINE_integer('vocab_size', DEFAULT_SOURCE['vocab_size'], 'States of the CTMC.')
-  flags.DEFINE_integer('source_seed', DEFAULT_SOURCE['seed'], 'Seed of the generators Q0, Q1.')
+                       'score it on).', lower_bound=1)
+  flags.DEFINE_integer('vocab_size', DEFAULT_SOURCE['vocab_size'], 'States of the CTMC.',
+                       lower_bound=2)
+  flags.DEFINE_integer('source_seed', DEFAULT_SOURCE['seed'], 'Seed of the generators Q0, Q1.',
+                       lower_bound=0)
   common.define_grid_flags('equilibrium', tokens_help='Training tokens per P.', timing=False,
                            set_default=[f'{k}={v}' for k, v in DEFAULT_SET.items()])
   flags.adopt_module_key_flags(common)  # Listed in --help beside this module's own.

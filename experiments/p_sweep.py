@@ -278,7 +278,8 @@ def define_flags():
   flags.DEFINE_list('Ps', [str(p) for p in DEFAULT_PS], 'Pooling periods (must divide T).')
   flags.DEFINE_list('seeds', ['0', '1'], 'Seeds per P.')
   flags.DEFINE_bool('dense', True, 'Also train the dense reference (same seeds).')
-  flags.DEFINE_integer('checkpoints', 1, 'Checkpoints per run (slow share measured at each).')
+  flags.DEFINE_integer('checkpoints', 1, 'Checkpoints per run (slow share measured at each).',
+                       lower_bound=1)
   common.define_grid_flags('p_sweep', set_default=[f'{k}={v}' for k, v in DEFAULT_SET.items()])
   flags.adopt_module_key_flags(common)  # Listed in --help beside this module's own.
 

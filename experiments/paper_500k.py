@@ -409,9 +409,10 @@ def define_flags():
                     "Data sources: 'synthetic' and/or text files (one source per entry).")
   flags.DEFINE_list('arms', list(models.ARMS), 'Arms of the grid.')
   flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds (init and data order) per arm.')
-  flags.DEFINE_integer('P', 16, 'Pooling period of the slow path.')
-  flags.DEFINE_integer('checkpoints', 5, 'Checkpoints per run (slow-share trajectory points).')
-  flags.DEFINE_integer('evals', 5, 'Validation points per run.')
+  flags.DEFINE_integer('P', 16, 'Pooling period of the slow path.', lower_bound=1)
+  flags.DEFINE_integer('checkpoints', 5, 'Checkpoints per run (slow-share trajectory points).',
+                       lower_bound=1)
+  flags.DEFINE_integer('evals', 5, 'Validation points per run.', lower_bound=1)
   common.define_grid_flags(None)
   flags.adopt_module_key_flags(common)  # Listed in --help beside this module's own.
 

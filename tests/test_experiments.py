@@ -1,10 +1,14 @@
 """Miniatures of every experiment (tiny model, a few steps), so that none of them can rot.
 
 Each runs the experiment's `run` function, as its command does, into tmp_path on one device and
-checks that the report and its plots exist with the expected sections and numbers.
+checks that the report and its plots exist with the expected sections and numbers; each command
+line itself is started once, with a flag out of range.
 """
 
+import pathlib
 import re
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -12,6 +16,8 @@ import pytest
 
 from experiments import common, equilibrium, p_sweep, paper_500k
 from fastslow_jax.data import ctmc
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 MINI = {'model.d_model': 32, 'model.num_layers': 1, 'model.num_heads': 2, 'model.slow_num_heads': 2, 'model.mlp_dim': 64,
         'model.phi_dim': 64, 'model.seq_len': 32, 'batch_size': 8, 'data.vocab_size': 16,
@@ -73,6 +79,19 @@ def test_ctmc_source_is_exact():
   assert np.allclose(source.p_st[3] @ source.M[3], source.p_st[3])  # Stationary for expm(Q) too.
   tokens, level = source.sample(np.random.default_rng(0), 4, 50)
   assert tokens.shape == level.shape == (4, 50) and tokens.max() < 6 and level.max() <= 8
+
+
+@pytest.mark.parametrize('name,bad_flag', [
+    ('paper_500k', '--checkpoints=0'), ('p_sweep', '--timing_rounds=-1'),
+    ('equilibrium', '--probes=1')])
+def test_command_line_refuses_a_flag_out_of_range(name, bad_flag):
+  """Each experiment's command defines its flags with ranges (the entry-point rule) and refuses a
+  value outside one in a line on stderr, exit status 2, before anything runs."""
+  result = subprocess.run([sys.executable, '-m', f'experiments.{name}', bad_flag], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+  lines = result.stderr.strip().splitlines()
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert len(lines) == 1 and lines[0].startswith(f'error: flag {bad_flag}: '), lines
 
 
 def test_paper_grid_miniature(tmp_path):
