@@ -11,9 +11,9 @@ import os
 import pathlib
 from typing import Any
 
-PACKAGED_CONFIGS = pathlib.Path(__file__).resolve().parent / 'configs'
-
 import ml_collections
+
+PACKAGED_CONFIGS = pathlib.Path(__file__).resolve().parent / 'configs'
 
 
 def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
