@@ -38,7 +38,7 @@ from scipy import stats
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 
-from fastslow_jax import configlib, data, evaluate, metrics, runtime, train  # noqa: E402
+from fastslow_jax import configlib, data, evaluate, metrics, models, runtime, train  # noqa: E402
 from fastslow_jax.rundir import RunDir  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -329,8 +329,11 @@ def slow_share_of(model, tokens) -> dict[str, float]:
 
 def slow_shares(workdir: str | os.PathLike, *, devices=None,
                 num_windows: int = 64) -> dict[str, dict[str, float]]:
-  """{step: slow share per layer} at every checkpoint of a run, on validation windows."""
+  """{step: slow share per layer} at every checkpoint of a run, on validation windows; empty for
+  a family without a gate (nothing gated to measure)."""
   cfg = RunDir(workdir).read_config()
+  if not models.FAMILIES[cfg.model.get('family', 'fastslow')].gated:
+    return {}
   ds = data.make_dataset(cfg.data, seq_len=cfg.model.seq_len, split='validation')
   tokens = jnp.asarray(np.stack([ds[i][:-1] for i in range(min(num_windows, len(ds)))]))
   out = {}

@@ -21,9 +21,11 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 from fastslow_jax.configs import ranges
 
 MESH_AXES = ('data', 'fsdp', 'tensor')
-LOGICAL_AXES = ('batch', 'length', 'vocab', 'embed', 'heads', 'kv', 'mlp', 'norm', 'layers')
-# Logical axes that rules written before the axis existed may leave out, and where they then go.
-_LATER_AXES = (('layers', None),)  # The stacked axis of scanned layers: replicated.
+LOGICAL_AXES = ('batch', 'length', 'vocab', 'embed', 'heads', 'kv', 'mlp', 'norm', 'layers',
+                'compress')
+# Logical axes that rules written before the axis existed may leave out, and where they then go:
+# the stacked axis of scanned layers and the compressed family's MLP width, both replicated.
+_LATER_AXES = (('layers', None), ('compress', None))
 
 Rules = tuple[tuple[str, str | tuple[str, ...] | None], ...]
 

@@ -19,7 +19,7 @@ from fastslow_jax.models import ModelConfig
 # one fast MLP ~15%).
 TOLERANCE = 0.05
 BASE = dict(vocab_size=256, d_model=128, num_layers=2, num_heads=4, mlp_dim=512, slow_num_heads=4,
-            phi_dim=512)
+            phi_dim=512, compress_dim=128)
 
 
 def xla_training_flops(cfg: ModelConfig, batch: int) -> float:
@@ -42,9 +42,15 @@ def xla_training_flops(cfg: ModelConfig, batch: int) -> float:
     dict(arm='dense', seq_len=128, P=16),
     dict(arm='coupled', seq_len=128, P=4),
     dict(arm='gate_frozen', seq_len=64, P=8, slow_layers='1', attention_impl='xla'),
-], ids=['dense-T128', 'coupled-P4-T128', 'gate_frozen-P8-T64-one_slow_layer-xla'])
+    dict(family='compressed', arm='coupled', seq_len=128, P=4),
+    dict(family='hourglass', arm='coupled', seq_len=128, P=2, num_layers=3,
+         hourglass_layers='1,2,1'),
+    dict(family='hourglass', arm='coupled', seq_len=128, P=4, hourglass_pool='linear',
+         hourglass_upsample='linear'),
+], ids=['dense-T128', 'coupled-P4-T128', 'gate_frozen-P8-T64-one_slow_layer-xla',
+        'compressed-P4-T128', 'hourglass-P2-T128', 'hourglass-linear-P4-T128'])
 def test_flops_match_xla_cost_analysis(kw):
-  cfg = ModelConfig(**BASE, **kw)
+  cfg = ModelConfig(**{**BASE, **kw})
   batch = 2
   xla = xla_training_flops(cfg, batch)
   # Masked dense kernels execute the full T x T product: compare with causal=False.
@@ -68,13 +74,40 @@ def test_flops_hand_computed():
   assert got.total == pytest.approx(fast + per_block / 4 + 2 * d * 100)
 
 
+def test_family_flops_hand_computed():
+  d, T, P, hd, C = 64, 8, 4, 32, 16
+  kw = dict(vocab_size=100, seq_len=T, d_model=d, num_heads=2, mlp_dim=128, P=P, compress_dim=C)
+  layer = lambda n: 2 * 4 * d * d + 2 * 2 * d * (n + 1) / 2 + 2 * 3 * d * 128
+  head = 2 * d * 100
+  hourglass = models.flops_per_token(ModelConfig(
+      family='hourglass', num_layers=3, hourglass_layers='1,2,1', hourglass_pool='linear', **kw),
+      training=False)
+  assert hourglass.fast == pytest.approx(2 * layer(T))
+  assert hourglass.slow == pytest.approx(2 * layer(T // P) / P + 2 * d * d)  # + linear pooling.
+  assert hourglass.head == pytest.approx(head)
+  compressed = models.flops_per_token(ModelConfig(family='compressed', num_layers=1, **kw),
+                                      training=False)
+  # Per block and head, keys and values: a [P*hd -> C -> hd] MLP; token t sees (t+1)//P blocks.
+  compress = 2 * 2 * (P * hd * C + C * hd) * 2 / P
+  visible = sum((t + 1) // P for t in range(T)) / T  # 0,0,0,1,1,1,1,2 -> 6/8.
+  assert compressed.fast == pytest.approx(layer(T))
+  assert compressed.slow == pytest.approx(compress + 2 * 2 * d * visible)
+
+
+def test_dense_counts_the_same_for_every_family():
+  dense = {models.flops_per_token(_cfg(arm='dense', family=f)) for f in models.FAMILIES}
+  assert len(dense) == 1
+
+
 def _cfg(**kw) -> ModelConfig:
   return ModelConfig(**{**BASE, 'seq_len': 256, 'P': 8, **kw})
 
 
-@pytest.mark.parametrize('arm', ['dense', 'coupled', 'gate_frozen', 'slow_frozen'])
-def test_causal_count_is_below_full_count(arm):
-  cfg = _cfg(arm=arm)
+@pytest.mark.parametrize('family,arm', [
+    ('fastslow', 'dense'), ('fastslow', 'coupled'), ('fastslow', 'gate_frozen'),
+    ('fastslow', 'slow_frozen'), ('compressed', 'coupled'), ('hourglass', 'coupled')])
+def test_causal_count_is_below_full_count(family, arm):
+  cfg = _cfg(arm=arm, family=family)
   for training in (True, False):
     causal = models.flops_per_token(cfg, training=training, causal=True)
     full = models.flops_per_token(cfg, training=training, causal=False)

@@ -1,5 +1,6 @@
 """Decoding equals the parallel model: logits within 1e-5, greedy tokens token for token, for
-every arm, several P, prompt lengths around block edges, mixed lengths in one batch; sampling."""
+every family and arm, several P, prompt lengths around block edges, mixed lengths in one batch;
+sampling."""
 
 import functools
 import pathlib
@@ -19,11 +20,13 @@ VOCAB = 50
 NEW = 6
 
 
-def model_for(*, arm='coupled', P=4, gate='channel', slow_layers='all', seed=0, **kw):
+def model_for(*, arm='coupled', P=4, gate='channel', slow_layers='all', seed=0, num_layers=2,
+              **kw):
   """A small model (seq_len 48: a multiple of every P tested) with its gates forced open."""
-  cfg = models.ModelConfig(arm=arm, vocab_size=VOCAB, seq_len=48, d_model=32, num_layers=2,
-                           num_heads=2, slow_num_heads=2, mlp_dim=48, phi_dim=48, P=P, gate=gate,
-                           slow_layers=slow_layers, **kw)
+  cfg = models.ModelConfig(arm=arm, vocab_size=VOCAB, seq_len=48, d_model=32,
+                           num_layers=num_layers, num_heads=2, slow_num_heads=2, mlp_dim=48,
+                           phi_dim=48, P=P, gate=gate, slow_layers=slow_layers, compress_dim=24,
+                           **kw)
   model = models.build(cfg, rngs=seed)
   params = nnx.state(model, nnx.Param)
   nnx.update(model, nnx.map_state(
@@ -64,35 +67,50 @@ def assert_decode_equals_parallel(model, prompts):
     assert tokens == list(np.argmax(want, -1)), f'row {i}: greedy differs from the parallel argmax'
 
 
+HOURGLASS_LINEAR = dict(family='hourglass', hourglass_pool='linear', hourglass_upsample='linear')
+
+
 @pytest.mark.parametrize('kw', [
     dict(P=1), dict(P=3), dict(P=4), dict(P=16),
     dict(P=4, gate='scalar'), dict(P=3, slow_layers='every:2'),
     dict(arm='dense'), dict(arm='gate_frozen'), dict(arm='slow_frozen'),
+    dict(family='compressed', P=3), dict(family='compressed', P=4, slow_layers='every:2'),
+    dict(family='hourglass', P=4), dict(P=3, hourglass_layers='1,2,1', **HOURGLASS_LINEAR),
 ], ids=str)
 def test_decode_equals_parallel_forward(kw):
   assert_decode_equals_parallel(model_for(**kw), prompts_for(kw.get('P', 4)))
 
 
+def _grid(family: str):
+  arms = [a for a in models.ARMS if a != 'gate_frozen' or models.FAMILIES[family].gated]
+  variants = {'fastslow': [dict(gate=g, slow_layers=s) for g in ('scalar', 'channel')
+                           for s in ('all', 'every:2')],
+              'compressed': [dict(slow_layers=s) for s in ('all', 'every:2')],
+              'hourglass': [{}, dict(hourglass_pool='linear', hourglass_upsample='linear')]}
+  return [(family, arm, P, kw) for arm in arms for P in (1, 3, 4, 16) for kw in variants[family]]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize('arm', models.ARMS)
-@pytest.mark.parametrize('P', [1, 3, 4, 16])
-@pytest.mark.parametrize('gate', ['scalar', 'channel'])
-@pytest.mark.parametrize('slow_layers', ['all', 'every:2'])
-def test_decode_equals_parallel_forward_full_grid(arm, P, gate, slow_layers):
-  model = model_for(arm=arm, P=P, gate=gate, slow_layers=slow_layers, seed=P)
+@pytest.mark.parametrize('family,arm,P,kw', [c for f in models.FAMILIES for c in _grid(f)],
+                         ids=str)
+def test_decode_equals_parallel_forward_full_grid(family, arm, P, kw):
+  model = model_for(family=family, arm=arm, P=P, seed=P, **kw)
   assert_decode_equals_parallel(model, prompts_for(P, seed=P))
 
 
-def test_mixed_lengths_in_one_batch_equal_each_prompt_alone():
-  model = model_for(P=4)
+@pytest.mark.parametrize('family', models.FAMILIES)
+def test_mixed_lengths_in_one_batch_equal_each_prompt_alone(family):
+  model = model_for(P=4, family=family)
   prompts = prompts_for(4, seed=3)[::2]  # Lengths P-1 and P+1.
   together = gen.generate(model, prompts, max_new_tokens=NEW, temperature=0.0)
   alone = [gen.generate(model, [p], max_new_tokens=NEW)[0] for p in prompts]
   assert together == alone
 
 
-def test_scanned_model_decodes_like_unrolled():
-  unrolled, scanned = model_for(P=4, seed=2), model_for(P=4, seed=2, scan_layers=True)
+@pytest.mark.parametrize('family', models.FAMILIES)
+def test_scanned_model_decodes_like_unrolled(family):
+  kw = dict(P=4, seed=2, family=family, num_layers=4)
+  unrolled, scanned = model_for(**kw), model_for(scan_layers=True, **kw)
   prompts = prompts_for(4, seed=1)
   assert (gen.generate(scanned, prompts, max_new_tokens=NEW)
           == gen.generate(unrolled, prompts, max_new_tokens=NEW))

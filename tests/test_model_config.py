@@ -137,3 +137,54 @@ def test_config_is_frozen_and_hashable():
     cfg.P = 8  # type: ignore[misc]
   assert hash(cfg) == hash(make())
   assert cfg.head_dim == 16 and cfg.slow_head_dim == 16
+
+
+# =========================================================================== families
+
+
+def test_unknown_family_names_the_choices():
+  msg = config_error(family='pyramid')
+  assert "model.family='pyramid'" in msg and 'fastslow, hourglass, compressed' in msg
+
+
+def test_gate_frozen_needs_a_gated_family():
+  msg = config_error(family='hourglass', arm='gate_frozen')
+  assert 'model.arm' in msg and 'no gate' in msg and 'slow_frozen' in msg
+  for family in ('fastslow', 'compressed'):
+    make(family=family, arm='gate_frozen')
+
+
+def test_hourglass_has_no_per_layer_slow_path():
+  msg = config_error(family='hourglass', slow_layers='every:2')
+  assert 'model.slow_layers' in msg and "'all'" in msg
+  make(family='compressed', slow_layers='every:2', num_layers=4)
+
+
+@pytest.mark.parametrize('layers,stages', [(1, (1, 1, 1)), (2, (1, 1, 1)), (6, (2, 2, 2)),
+                                           (12, (3, 6, 3)), (24, (6, 12, 6))])
+def test_hourglass_stages_default_from_num_layers(layers, stages):
+  assert make(family='hourglass', num_layers=layers).hourglass_stages == stages
+
+
+@pytest.mark.parametrize('spec', ['1,0,1', '1,2', 'a,b,c', '1,-2,1'])
+def test_bad_hourglass_layers(spec):
+  msg = config_error(family='hourglass', hourglass_layers=spec)
+  assert 'model.hourglass_layers' in msg and 'pre,inner,post' in msg
+
+
+@pytest.mark.parametrize('field,value', [('hourglass_pool', 'max'),
+                                         ('hourglass_upsample', 'nearest')])
+def test_bad_hourglass_resampling(field, value):
+  msg = config_error(family='hourglass', **{field: value})
+  assert f'model.{field}' in msg and 'linear' in msg
+
+
+def test_every_size_builds_for_every_family():
+  """The config's sizes work unchanged for every family (shapes only: nothing is allocated)."""
+  from fastslow_jax import configlib
+  for size in ('tiny', 'small', '124m', '350m', '1b'):
+    for family in models.FAMILIES:
+      config = configlib.load(f'fastslow:family={family},size={size}', {'model.vocab_size': 256})
+      cfg = ModelConfig.from_mapping(config.model)
+      model = nnx.eval_shape(lambda cfg=cfg: models.build(cfg, rngs=0))
+      assert models.param_count(model) > 0 and models.flops_per_token(cfg).slow > 0

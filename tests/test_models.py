@@ -1,11 +1,13 @@
 """Model tests: causality (no leak of the future), dense identity, gradient flow, random-token
 sanity, dtypes / attention backends and logical axis names.
 
-Every model here is tiny (d_model 32, 2 layers, vocab 64); the file takes ~80 s on two CPU
-cores, almost all of it XLA compiling (~3 s per training step), so compiles are shared where
+Every model here is tiny (d_model 32, 2 layers, vocab 64); the file takes a few minutes on two
+CPU cores, almost all of it XLA compiling (~3 s per training step), so compiles are shared where
 possible. The causality rules under test are the paper's (README, "The model"):
 pooled block j = mean of x[jP:(j+1)P]; token t reads block (t+1)//P - 1 (zero before any block is
-complete); pooled blocks attend block-causally.
+complete); pooled blocks attend block-causally. The causality suite (suffix perturbation, the
+Jacobian, random tokens, gate 0 == dense) runs unchanged on every family of the zoo
+(`models.FAMILIES`), each with the rule of its own slow path (README, "Families").
 """
 
 from __future__ import annotations
@@ -22,16 +24,43 @@ from flax import nnx
 
 from fastslow_jax import models
 from fastslow_jax.models import ModelConfig
+from fastslow_jax.models import compressed as compressed_mod
 from fastslow_jax.models import fastslow as fastslow_mod
+from fastslow_jax.models import hourglass as hourglass_mod
 
 VOCAB = 64
+FAMILIES = tuple(models.FAMILIES)
+GATED = tuple(name for name, f in models.FAMILIES.items() if f.gated)
+# The variants the causality suite runs on: each family, and the hourglass's learned resampling.
+VARIANTS = {
+    'fastslow': dict(family='fastslow'),
+    'fastslow-channel': dict(family='fastslow', gate='channel'),
+    'compressed': dict(family='compressed'),
+    'hourglass': dict(family='hourglass'),
+    'hourglass-linear': dict(family='hourglass', hourglass_pool='linear',
+                             hourglass_upsample='linear'),
+}
 
 
 def tiny(**overrides) -> ModelConfig:
   base = dict(arm='coupled', vocab_size=VOCAB, seq_len=32, d_model=32, num_layers=2, num_heads=2,
-              mlp_dim=64, P=4, slow_layers='all', slow_num_heads=2, phi_dim=64, gate='scalar')
+              mlp_dim=64, P=4, slow_layers='all', slow_num_heads=2, phi_dim=64, gate='scalar',
+              compress_dim=16)
   base.update(overrides)
   return ModelConfig(**base)
+
+
+def first_slow_token(cfg: ModelConfig) -> int:
+  """The first position whose output the family's slow path reaches: a fast-slow or compressed
+  token reads complete blocks only (the first at P-1); the hourglass's token t reads the group
+  ending at (t//P)*P, so token 0 already does."""
+  return 0 if cfg.family == 'hourglass' else cfg.P - 1
+
+
+def scale_slow_path(model: models.LanguageModel, factor: float) -> None:
+  """Multiplies every slow-path parameter (under a `slow` module) by `factor`, in place."""
+  params = nnx.state(model, nnx.Param)
+  nnx.update(model, nnx.map_state(lambda path, v: v * factor if 'slow' in path else v, params))
 
 
 def is_gate(path) -> bool:
@@ -39,14 +68,14 @@ def is_gate(path) -> bool:
   return 'gate' in path
 
 
-def set_gates(model: models.Decoder, value: float) -> None:
+def set_gates(model: models.LanguageModel, value: float) -> None:
   """Sets every gate parameter (scalar or per-channel) to `value`, in place."""
   params = nnx.state(model, nnx.Param)
   nnx.update(model, nnx.map_state(
       lambda path, v: jnp.full_like(v, value) if is_gate(path) else v, params))
 
 
-def flat_params(model: models.Decoder) -> dict[tuple, np.ndarray]:
+def flat_params(model: models.LanguageModel) -> dict[tuple, np.ndarray]:
   return {path: np.asarray(v) for path, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
 
 
@@ -55,7 +84,7 @@ def _apply(graphdef, params, tokens):
   return nnx.merge(graphdef, params)(tokens)
 
 
-def forward_fn(model: models.Decoder, *, fresh: bool = False):
+def forward_fn(model: models.LanguageModel, *, fresh: bool = False):
   """A jitted `tokens -> logits` of a snapshot of the model's params (later in-place edits don't
   apply). One compile per architecture (the params are a traced argument) unless `fresh`, which
   must be used when module code is monkeypatched (the cache is keyed on the graph only)."""
@@ -213,30 +242,32 @@ def _assert_prefix_invariant(forward, P, T, seed, vocab=VOCAB):
     assert not np.array_equal(out[:, s], ref[:, s]), f'changed token at s={s} had no effect'
 
 
-@pytest.mark.parametrize('gate', ['scalar', 'channel'])
+@pytest.mark.parametrize('variant', VARIANTS)
 @pytest.mark.parametrize('P', [2, 4, 8])
-def test_no_future_leak_with_open_gate(P, gate):
-  cfg = tiny(P=P, gate=gate, seq_len=LEAK_T)
+def test_no_future_leak_with_open_gate(P, variant):
+  cfg = tiny(P=P, seq_len=LEAK_T, **VARIANTS[variant])
   model = models.build(cfg, rngs=P)
-  set_gates(model, 0.0)
-  closed = forward_fn(model)
   set_gates(model, 1.0)
-  assert all(v == 1.0 for v in models.gate_values(model).values())
-  assert len(models.gate_values(model)) == cfg.num_layers
+  if cfg.family in GATED:
+    assert all(v == 1.0 for v in models.gate_values(model).values())
+    assert len(models.gate_values(model)) == cfg.num_layers
   opened = forward_fn(model)
   _assert_prefix_invariant(opened, P, LEAK_T, seed=10 + P)
 
-  # Non-vacuity: the slow path really feeds the output once block 0 is complete (t >= P-1), and
-  # not before (tokens < P-1 read zeros, so they equal the closed-gate logits bitwise).
+  # Non-vacuity: the slow path really feeds the output from the first token that may read it
+  # on, and not before (those tokens must not change, bitwise, when the slow path does).
+  scale_slow_path(model, 1.5)
   tokens = random_tokens(3, (14, LEAK_T))  # The batch shape of the leak probe above.
-  lo, lc = opened(tokens), closed(tokens)
-  np.testing.assert_array_equal(lo[:, :P - 1], lc[:, :P - 1])
-  diff = np.abs(lo - lc).max(axis=(0, 2))
-  assert np.all(diff[P - 1:] > 1e-4), diff
+  lo, ls = opened(tokens), forward_fn(model)(tokens)
+  first = first_slow_token(cfg)
+  np.testing.assert_array_equal(lo[:, :first], ls[:, :first])
+  diff = np.abs(lo - ls).max(axis=(0, 2))
+  assert np.all(diff[first:] > 1e-4), diff
 
 
-def test_no_future_leak_at_inference_length_not_multiple_of_P():
-  cfg = tiny(P=4, gate='channel')
+@pytest.mark.parametrize('family', FAMILIES)
+def test_no_future_leak_at_inference_length_not_multiple_of_P(family):
+  cfg = tiny(P=4, gate='channel', family=family)
   model = models.build(cfg, rngs=7)
   set_gates(model, 1.0)
   _assert_prefix_invariant(forward_fn(model), cfg.P, 23, seed=5)
@@ -250,11 +281,33 @@ def _leaky_off_by_one(y, P, T):  # Token t reads block (t+2)//P - 1: each block 
   return jnp.pad(jnp.repeat(y, P, axis=1), ((0, 0), (P - 2, 0), (0, 0)))[:, :T]
 
 
-@pytest.mark.parametrize('leaky', [_leaky_same_block, _leaky_off_by_one])
-def test_leak_check_catches_known_bugs(monkeypatch, leaky):
-  """The prefix-invariance check above is not vacuous: the classic broadcast bugs fail it."""
-  monkeypatch.setattr(fastslow_mod, 'broadcast_completed_blocks', leaky)
-  cfg = tiny(P=4)
+def _leaky_short_shift(h, shift):  # Hourglass: group j then ends at token jP + 1, read at jP.
+  return jnp.pad(h, ((0, 0), (shift - 1, 1), (0, 0)))
+
+
+def _leaky_no_shift(h, shift):  # Hourglass without the shift: group j holds tokens [jP, jP+P).
+  return jnp.pad(h, ((0, 0), (0, shift), (0, 0)))
+
+
+def _leaky_visibility(positions, P, num_blocks):  # Compressed: e <= t//P, the open block too.
+  return jnp.arange(num_blocks) <= (positions // P)[..., None]
+
+
+KNOWN_BUGS = {
+    'fastslow-same_block': (fastslow_mod, 'broadcast_completed_blocks', _leaky_same_block),
+    'fastslow-off_by_one': (fastslow_mod, 'broadcast_completed_blocks', _leaky_off_by_one),
+    'hourglass-short_shift': (hourglass_mod, 'shift_right', _leaky_short_shift),
+    'hourglass-no_shift': (hourglass_mod, 'shift_right', _leaky_no_shift),
+    'compressed-visibility': (compressed_mod, 'visible_blocks', _leaky_visibility),
+}
+
+
+@pytest.mark.parametrize('bug', KNOWN_BUGS)
+def test_leak_check_catches_known_bugs(monkeypatch, bug):
+  """The prefix-invariance check above is not vacuous: the classic bugs of each family fail it."""
+  module, name, leaky = KNOWN_BUGS[bug]
+  monkeypatch.setattr(module, name, leaky)
+  cfg = tiny(P=4, family=bug.split('-')[0])
   model = models.build(cfg, rngs=0)
   set_gates(model, 1.0)
   with pytest.raises(AssertionError, match='leak'):
@@ -274,9 +327,9 @@ def _logit_jacobian(graphdef, params, tokens, u):
   return jax.jacrev(lambda h: fn(h) @ u)(h)[:, 0], fn(h)
 
 
-@pytest.mark.parametrize('gate', ['scalar', 'channel'])
-def test_logit_jacobian_wrt_embeddings_is_causal(gate):
-  cfg = tiny(P=4, gate=gate, seq_len=16)
+@pytest.mark.parametrize('variant', VARIANTS)
+def test_logit_jacobian_wrt_embeddings_is_causal(variant):
+  cfg = tiny(P=4, seq_len=16, **VARIANTS[variant])
   model = models.build(cfg, rngs=1)
   set_gates(model, 1.0)
   T = cfg.seq_len
@@ -299,10 +352,11 @@ def _changed(before: dict, after: dict, pred) -> dict[tuple, bool]:
   return {k: not np.array_equal(before[k], after[k]) for k in before if pred(k)}
 
 
-@pytest.mark.parametrize('gate', ['scalar', 'channel'])
-def test_coupled_at_init_equals_dense(gate):
-  dense = models.build(tiny(arm='dense', gate=gate), rngs=3)
-  coupled = models.build(tiny(arm='coupled', gate=gate), rngs=3)
+@pytest.mark.parametrize('family,gate', [('fastslow', 'scalar'), ('fastslow', 'channel'),
+                                         ('compressed', 'scalar')])
+def test_coupled_at_init_equals_dense(family, gate):
+  dense = models.build(tiny(arm='dense', gate=gate, family=family), rngs=3)
+  coupled = models.build(tiny(arm='coupled', gate=gate, family=family), rngs=3)
   pd, pc = flat_params(dense), flat_params(coupled)
   assert set(pd) < set(pc)
   assert all(is_gate(k) or 'slow' in k for k in set(pc) - set(pd))
@@ -318,8 +372,9 @@ def test_coupled_at_init_equals_dense(gate):
   assert not np.array_equal(forward_fn(coupled)(tokens), forward_fn(dense)(tokens))
 
 
-def test_gate_frozen_stays_equal_to_dense_under_training():
-  cfg_d, cfg_g = tiny(arm='dense'), tiny(arm='gate_frozen')
+@pytest.mark.parametrize('family', GATED)
+def test_gate_frozen_stays_equal_to_dense_under_training(family):
+  cfg_d, cfg_g = tiny(arm='dense', family=family), tiny(arm='gate_frozen', family=family)
   dense, frozen = models.build(cfg_d, rngs=5), models.build(cfg_g, rngs=5)
   lr, wd = 1e-2, 0.1
   opt_d = make_optimizer(dense, cfg_d, lr=lr, weight_decay=wd)
@@ -356,12 +411,12 @@ def test_gate_frozen_stays_equal_to_dense_under_training():
 # =========================================================================== gradient flow
 
 
-@pytest.mark.parametrize('gate', ['channel'])
-def test_coupled_gradient_flow(gate):
-  """Step 1 opens every gate (phi_theta is not zero-initialised, so dL/dg != 0); the slow params
-  only receive gradient once the gate is open, i.e. from step 2 on. No weight decay here, so a
-  change can only come from a gradient."""
-  cfg = tiny(arm='coupled', gate=gate)
+@pytest.mark.parametrize('family', GATED)
+def test_coupled_gradient_flow(family):
+  """Step 1 opens every gate (phi_theta / the block compressor is not zero-initialised, so
+  dL/dg != 0); the slow params only receive gradient once the gate is open, i.e. from step 2 on.
+  No weight decay here, so a change can only come from a gradient."""
+  cfg = tiny(arm='coupled', gate='channel', family=family)
   model = models.build(cfg, rngs=2)
   opt, step = make_optimizer(model, cfg, lr=1e-3, weight_decay=0.0), make_train_step(cfg)
   p0 = flat_params(model)
@@ -377,8 +432,9 @@ def test_coupled_gradient_flow(gate):
   assert changed and all(changed.values()), [k for k, c in changed.items() if not c]
 
 
-def test_slow_frozen_gradient_flow():
-  cfg = tiny(arm='slow_frozen', gate='scalar')
+@pytest.mark.parametrize('family', FAMILIES)
+def test_slow_frozen_gradient_flow(family):
+  cfg = tiny(arm='slow_frozen', gate='scalar', family=family)
   model = models.build(cfg, rngs=2)
   opt, step = make_optimizer(model, cfg, weight_decay=0.1), make_train_step(cfg)
   p0 = flat_params(model)
@@ -388,7 +444,8 @@ def test_slow_frozen_gradient_flow():
   slow = _changed(p0, p3, lambda k: 'slow' in k)
   assert slow and not any(slow.values()), [k for k, c in slow.items() if c]
   gates = [p3[k] for k in p3 if is_gate(k)]
-  assert len(gates) == cfg.num_layers and all(np.all(g != 0.0) for g in gates)
+  assert len(gates) == (cfg.num_layers if family in GATED else 0)
+  assert all(np.all(g != 0.0) for g in gates)
   fast = _changed(p0, p3, lambda k: not is_gate(k) and 'slow' not in k)
   assert all(fast.values())
   mask = nnx.to_flat_state(models.trainable_mask(model))
@@ -398,12 +455,15 @@ def test_slow_frozen_gradient_flow():
 # =========================================================================== random tokens
 
 
-@pytest.mark.parametrize('leaky', [False, True], ids=['honest', 'same_block_leak'])
-def test_random_tokens_loss_stays_at_log_vocab(monkeypatch, leaky):
+@pytest.mark.parametrize('family,leaky', [
+    ('fastslow', False), ('fastslow', True), ('hourglass', False), ('hourglass', True),
+    ('compressed', False), ('compressed', True)])
+def test_random_tokens_loss_stays_at_log_vocab(monkeypatch, family, leaky):
   """On i.i.d. uniform tokens no predictor beats ln(V) in expectation, and fresh batches leave
   nothing to memorise; a model that reads the future (e.g. its own block's mean, which contains
   the next token) learns to decode it and drops below ln(V). The `same_block_leak` case plants
-  that bug to show this check has teeth at this budget (measured ln V - 0.21 after 100 steps).
+  that bug to show this check has teeth at this budget (measured ln V - 0.21 after 100 steps);
+  each family's leaky case plants its own classic bug (`KNOWN_BUGS`).
 
   Bound: held-out loss within 0.05 nats of ln(V) = 4.159. Below: an honest model's expected
   held-out cross-entropy is >= ln V (cross-entropy >= entropy of the uniform target), and the
@@ -413,13 +473,20 @@ def test_random_tokens_loss_stays_at_log_vocab(monkeypatch, leaky):
   uniform; measured ln(V) + 0.002.
   """
   if leaky:
-    monkeypatch.setattr(fastslow_mod, 'broadcast_completed_blocks', _leaky_same_block)
-  cfg = tiny(arm='coupled', vocab_size=VOCAB, seq_len=64, P=8, d_model=32, gate='channel')
+    module, name, bug = KNOWN_BUGS[{'fastslow': 'fastslow-same_block',
+                                    'hourglass': 'hourglass-no_shift',
+                                    'compressed': 'compressed-visibility'}[family]]
+    monkeypatch.setattr(module, name, bug)
+  # A wide block compressor, so that a leak through it is learnt quickly enough to show.
+  cfg = tiny(arm='coupled', vocab_size=VOCAB, seq_len=64, P=8, d_model=32, gate='channel',
+             family=family, compress_dim=256)
   model = models.build(cfg, rngs=0)
   opt, step = make_optimizer(model, cfg, lr=3e-3, weight_decay=0.0), make_train_step(cfg)
   for i in range(100):
     step(model, opt, random_tokens(1000 + i, (16, cfg.seq_len + 1)))
-  assert all(abs(v) > 0 for v in models.gate_values(model).values())  # The coupling is live.
+  if family in GATED:  # The coupling is live.
+    assert len(models.gate_values(model)) and all(
+        abs(v) > 0 for v in models.gate_values(model).values())
   held_out = random_tokens(7, (32, cfg.seq_len + 1))
   # A new function object: jit caches traces per function, and the leaky run must not reuse the
   # honest trace (or vice versa).
@@ -485,11 +552,14 @@ def test_attention_primitive_is_causal_softmax(impl):
 
 # =========================================================================== logical axis names
 
-LOGICAL_AXES = {'vocab', 'embed', 'heads', 'kv', 'mlp', 'norm'}
+LOGICAL_AXES = {'vocab', 'embed', 'heads', 'kv', 'mlp', 'norm', 'length', 'compress'}
 
 
-@pytest.mark.parametrize('kw', [dict(arm='dense'), dict(gate='scalar'),
-                                dict(gate='channel', tie_embeddings=False, slow_layers='1')])
+@pytest.mark.parametrize('kw', [
+    dict(arm='dense'), dict(gate='scalar'),
+    dict(gate='channel', tie_embeddings=False, slow_layers='1'),
+    dict(family='compressed', slow_layers='1'),
+    dict(family='hourglass', hourglass_pool='linear', hourglass_upsample='linear')])
 def test_params_carry_logical_axis_names(kw):
   cfg = tiny(**kw)
   model = models.build(cfg, rngs=0)
@@ -503,7 +573,8 @@ def test_params_carry_logical_axis_names(kw):
     assert set(axes) <= LOGICAL_AXES, (path, axes)
     if is_gate(path):
       gates.append(path)
-      assert axes == (() if cfg.gate == 'scalar' else ('norm',)), (path, axes)
+      want = {'fastslow': () if cfg.gate == 'scalar' else ('norm',), 'compressed': ('heads',)}
+      assert axes == want[cfg.family], (path, axes)
   assert len(gates) == len(cfg.slow_layer_ids)
   assert [p[1] for p in gates] == list(cfg.slow_layer_ids)
   assert (not cfg.tie_embeddings) == any('head' in p for p, _ in flat)

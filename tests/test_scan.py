@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from fastslow_jax import models, sharding
+from fastslow_jax import configlib, models, runtime, sharding
 from fastslow_jax.models import scan
 
 VOCAB = 48
@@ -16,7 +16,7 @@ VOCAB = 48
 
 def config(**overrides) -> models.ModelConfig:
   base = dict(arm='coupled', vocab_size=VOCAB, seq_len=16, d_model=32, num_layers=5, num_heads=2,
-              mlp_dim=48, P=4, slow_num_heads=2, phi_dim=48, gate='channel')
+              mlp_dim=48, P=4, slow_num_heads=2, phi_dim=48, gate='channel', compress_dim=16)
   return models.ModelConfig(**{**base, **overrides})
 
 
@@ -51,12 +51,42 @@ def flat(state) -> dict:
     (dict(slow_layers='0,3', num_layers=6), (3, 2)),
 ])
 def test_scanned_equals_unrolled_logits_and_gradients(overrides, groups):
-  tokens = jax.random.randint(jax.random.key(1), (2, 17), 0, VOCAB)
   unrolled = models.build(config(**overrides), rngs=3)
   scanned = models.build(config(scan_layers=True, **overrides), rngs=3)
   assert scanned.config.scan_groups == groups
   k, r = groups
   assert len(scanned.stack) == k and len(scanned.blocks) == scanned.config.num_layers - r * k
+  assert_same_model(unrolled, scanned)
+
+
+@pytest.mark.parametrize('overrides,groups', [
+    (dict(family='compressed'), {(): (1, 5)}),
+    (dict(family='compressed', slow_layers='every:2'), {(): (2, 2)}),
+    (dict(family='hourglass', hourglass_layers='2,3,1'),
+     {('pre',): (1, 2), ('slow', 'inner'): (1, 3), ('post',): (1, 0)}),
+    (dict(family='hourglass', arm='slow_frozen', hourglass_pool='linear',
+          hourglass_upsample='linear'), {('pre',): (1, 0), ('slow', 'inner'): (1, 3),
+                                         ('post',): (1, 0)}),
+], ids=str)
+def test_families_scanned_equal_unrolled(overrides, groups):
+  """Every family scans its stacks of layers (the hourglass: each stage) and computes the same."""
+  cfg = config(scan_layers=True, **overrides)
+  assert models.layer_groups(cfg) == groups
+  scanned, unrolled = (models.build(c, rngs=3) for c in (cfg, config(**overrides)))
+  stacked = {path[:path.index('stack')] for path, _ in nnx.to_flat_state(nnx.state(scanned))
+             if 'stack' in path}
+  assert stacked == {prefix for prefix, (_, r) in groups.items() if r}
+  assert_same_model(unrolled, scanned)
+  twin = flat(nnx.state(models.unrolled(scanned), nnx.Param))  # What decoding runs on.
+  want = flat(nnx.state(unrolled, nnx.Param))
+  assert twin.keys() == want.keys()
+  for path, value in want.items():
+    np.testing.assert_array_equal(twin[path], value, err_msg=str(path))
+
+
+def assert_same_model(unrolled, scanned) -> None:
+  """Logits, loss and gradients (in the unrolled layout) agree with the gates opened."""
+  tokens = jax.random.randint(jax.random.key(1), (2, 17), 0, VOCAB)
   open_gates(unrolled)
   open_gates(scanned)
   ((loss_u, logits_u), grads_u), ((loss_s, logits_s), grads_s) = (
@@ -67,6 +97,45 @@ def test_scanned_equals_unrolled_logits_and_gradients(overrides, groups):
   assert set(got) == set(want)
   for path in want:
     np.testing.assert_allclose(got[path], want[path], atol=1e-6, rtol=1e-5, err_msg=str(path))
+
+
+@pytest.mark.parametrize('family,arm,slow_layers', [
+    ('fastslow', 'dense', 'all'), ('fastslow', 'coupled', 'all'),
+    ('fastslow', 'gate_frozen', 'all'), ('fastslow', 'slow_frozen', 'all'),
+    ('fastslow', 'coupled', 'every:2'), ('compressed', 'coupled', 'every:2'),
+    ('hourglass', 'coupled', 'all'),
+])
+def test_scanned_train_steps_equal_unrolled(family, arm, slow_layers):
+  """Two steps of the real train step (AdamW, clipping, frozen arms) from the same seed; the
+  second runs with the gates the first opened, so the slow path's updates are compared too."""
+  tokens = jax.random.randint(jax.random.key(4), (2, 33), 0, 64)
+  results = {}
+  for scan_layers in (False, True):
+    name = f'fastslow:family={family},arm={arm},size=tiny'
+    config = runtime.resolve_config(configlib.load(name, {
+        'model.num_layers': 5, 'model.slow_layers': slow_layers, 'model.gate': 'channel',
+        'model.seq_len': 32, 'model.P': 4, 'model.vocab_size': 64, 'model.scan_layers': scan_layers,
+        'batch_size': 2, 'optim.warmup_steps': 0}), num_devices=1)
+    setup = runtime.TrainSetup(config, jax.devices()[:1])
+    state, step = setup.init_state(), setup.compile_train_step(2)
+    initial = {path: value.copy() for path, value in flat(state.params).items()}
+    with setup.activate():
+      for _ in range(2):
+        state, metrics = step(state, tokens)
+    results[scan_layers] = (setup.model_config, initial, state.params, float(metrics['loss']))
+  unrolled_config, initial, want, want_loss = results[False]
+  got, got_loss = models.convert_layout(results[True][2], unrolled_config), results[True][3]
+  np.testing.assert_allclose(got_loss, want_loss, rtol=1e-6)
+  want, got = flat(want), flat(got)
+  assert set(got) == set(want)
+  # AdamW normalises each element's step, so an element whose gradient is near zero moves by an
+  # amount that rounding can change: measured 1.8e-6 on 1 of 4096 weights of the hourglass (whose
+  # deeper stages scan separately), against steps of 3e-3.
+  atol = 1e-5 if family == 'hourglass' else 1e-6
+  for path, value in want.items():
+    np.testing.assert_allclose(got[path], value, atol=atol, rtol=1e-5, err_msg=str(path))
+  if arm == 'coupled':  # The slow path took part: its parameters moved.
+    assert any(not np.array_equal(want[p], initial[p]) for p in want if 'slow' in str(p))
 
 
 def test_forward_is_one_scan_over_the_repeats():

@@ -13,6 +13,7 @@ SHARDING_RULES = (
     ('mlp', 'tensor'),
     ('norm', None),
     ('layers', None),  # The stacked axis of scanned layers.
+    ('compress', None),  # Hidden width of the compressed family's block MLPs (small).
 )
 
 

@@ -1,12 +1,14 @@
-r"""Every ablation arm of the fast-slow model, at every size: one config file.
+r"""Every model family and ablation arm of the zoo, at every size: one config file.
 
     python -m fastslow_jax.train --workdir=/tmp/run \
-        --config=configs/fastslow.py:arm=coupled,size=tiny,P=16 \
+        --config=configs/fastslow.py:family=fastslow,arm=coupled,size=tiny,P=16 \
         --config.total_steps=500 --config.data.kind=text --config.data.path=input.txt
 
-The argument after ':' picks `arm` (dense | coupled | gate_frozen | slow_frozen), `size`
-(tiny | small | 124m | 350m | 1b) and `P`; any field below can then be overridden with
-`--config.<field>=<value>`. The config is locked: a misspelt field is an error.
+The argument after ':' picks `family` (fastslow | hourglass | compressed), `arm` (dense |
+coupled | gate_frozen | slow_frozen), `size` (tiny | small | 124m | 350m | 1b) and `P`; any field
+below can then be overridden with `--config.<field>=<value>`. The config is locked: a misspelt
+field is an error. Every size works for every family: the hourglass's stage depths default from
+`num_layers` (`model.hourglass_layers`), the compressed branch's MLP width from the head size.
 """
 
 import ml_collections
@@ -14,19 +16,23 @@ import ml_collections
 from fastslow_jax import configlib
 from fastslow_jax.configs.common import SHARDING_RULES, default_data_config
 
-# d_model, layers, heads, mlp, seq_len, slow heads, phi width; accelerator sizes scan their
-# layers (compile time independent of depth) and rematerialise blocks (launch/FITS.md).
+# d_model, layers, heads, mlp, seq_len, slow heads, phi width, the compressed family's block-MLP
+# width (twice the head size); accelerator sizes scan their layers (compile time independent of
+# depth) and rematerialise blocks (launch/FITS.md).
 _MODEL_SIZES = {
     'tiny': dict(d_model=64, num_layers=2, num_heads=4, mlp_dim=256, seq_len=128,
-                 slow_num_heads=4, phi_dim=256),
+                 slow_num_heads=4, phi_dim=256, compress_dim=32),
     'small': dict(d_model=256, num_layers=6, num_heads=8, mlp_dim=1024, seq_len=256,
-                  slow_num_heads=4, phi_dim=512),
+                  slow_num_heads=4, phi_dim=512, compress_dim=64),
     '124m': dict(d_model=768, num_layers=12, num_heads=12, mlp_dim=2048, seq_len=1024,
-                 slow_num_heads=12, phi_dim=2048, remat='full', scan_layers=True),
+                 slow_num_heads=12, phi_dim=2048, compress_dim=128, remat='full',
+                 scan_layers=True),
     '350m': dict(d_model=1024, num_layers=24, num_heads=16, mlp_dim=2816, seq_len=1024,
-                 slow_num_heads=16, phi_dim=2816, remat='full', scan_layers=True),
+                 slow_num_heads=16, phi_dim=2816, compress_dim=128, remat='full',
+                 scan_layers=True),
     '1b': dict(d_model=2048, num_layers=24, num_heads=16, mlp_dim=5632, seq_len=2048,
-               slow_num_heads=16, phi_dim=5632, remat='full', scan_layers=True),
+               slow_num_heads=16, phi_dim=5632, compress_dim=256, remat='full',
+               scan_layers=True),
 }
 
 # Batch (global, sequences), steps, peak LR, mesh and dtypes per size. Accelerator sizes use
@@ -44,8 +50,9 @@ _TRAIN_SIZES = {
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  """Config for `arm`, `size` and `P` given as 'arm=coupled,size=tiny,P=16'."""
-  arg = configlib.parse_arg(arg, arm='coupled', size='tiny', P=16)
+  """Config for `family`, `arm`, `size` and `P` given as 'family=fastslow,arm=coupled,size=tiny,
+  P=16' (each optional)."""
+  arg = configlib.parse_arg(arg, family='fastslow', arm='coupled', size='tiny', P=16)
   if arg.size not in _MODEL_SIZES:
     raise ValueError(f'size={arg.size!r} is unknown: choose one of {", ".join(_MODEL_SIZES)}.')
   train = _TRAIN_SIZES[arg.size]
@@ -58,8 +65,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.max_nonfinite_skips = 10  # ...up to this many steps in a row.
 
   config.model = ml_collections.ConfigDict(dict(
-      arm=arg.arm, P=arg.P, vocab_size=-1,  # -1: taken from the data source.
+      family=arg.family, arm=arg.arm, P=arg.P, vocab_size=-1,  # -1: taken from the data source.
       slow_layers='all', gate='scalar', tie_embeddings=True, rope_theta=10_000.0,
+      # hourglass: 'pre,inner,post' layer counts ('': from num_layers), shortening, upsampling.
+      hourglass_layers='', hourglass_pool='average', hourglass_upsample='repeat',
       attention_impl='reference', attention_block_q=0, attention_block_kv=0,  # 0: kernel default.
       dtype=train['dtype'], param_dtype='float32', remat='none', scan_layers=False, norm_eps=1e-6))
   config.model.update(_MODEL_SIZES[arg.size])

@@ -99,6 +99,7 @@ RANGES: Mapping[str, Range] = {
     'model.P': _POSITIVE_INT,
     'model.slow_num_heads': _POSITIVE_INT,
     'model.phi_dim': _POSITIVE_INT,
+    'model.compress_dim': _POSITIVE_INT,
     'model.rope_theta': _POSITIVE,
     'model.norm_eps': _POSITIVE,  # 0 divides by zero on an all-zero row.
     # Tiles of the fused kernels; 0 is the kernel's default (powers of two: attention_backends).

@@ -69,14 +69,19 @@ def reference_attention(q: Array, k: Array, v: Array, causal: bool) -> Array:
 
 def masked_attention(q: Array, k: Array, v: Array, mask: Array | None) -> Array:
   """Softmax attention of q [B, Tq, H, D] over k, v [B, Tk, H, D] where `mask` (broadcastable
-  to [B, Tq, Tk]) is True; used directly by decoding, whose queries read a key cache."""
+  to [B, Tq, Tk]) is True; used directly by decoding, whose queries read a key cache. A query
+  that may see no key at all gets exactly zero (and a zero gradient), never NaN."""
   scale = q.shape[-1] ** -0.5
   logits = jnp.einsum('bqhd,bkhd->bhqk', q, k, preferred_element_type=jnp.float32) * scale
-  if mask is not None:
-    mask = mask[None] if mask.ndim == 2 else mask
-    logits = jnp.where(mask[:, None], logits, -jnp.inf)
-  weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-  return jnp.einsum('bhqk,bkhd->bqhd', weights, v)
+  if mask is None:
+    weights = jax.nn.softmax(logits, axis=-1)
+  else:
+    mask = (mask[None] if mask.ndim == 2 else mask)[:, None]  # [B, 1, Tq, Tk]
+    sees_any = jnp.any(mask, axis=-1, keepdims=True)
+    # Rows that see nothing take a finite stand-in (so softmax stays finite) and are zeroed.
+    logits = jnp.where(mask, logits, jnp.where(sees_any, -jnp.inf, 0.0))
+    weights = jnp.where(sees_any, jax.nn.softmax(logits, axis=-1), 0.0)
+  return jnp.einsum('bhqk,bkhd->bqhd', weights.astype(v.dtype), v)
 
 
 def xla_attention(q: Array, k: Array, v: Array, causal: bool) -> Array:

@@ -1,11 +1,13 @@
-"""Model hyper-parameters: one frozen dataclass, validated once, shared by every arm.
+"""Model hyper-parameters: one frozen dataclass, validated once, shared by every family and arm.
 
-An ablation arm is a value of `ModelConfig.arm`, never a different class:
+A model family is a value of `ModelConfig.family` (`families.FAMILIES`: fastslow, hourglass,
+compressed) and an ablation arm a value of `ModelConfig.arm`, never a different config class:
 
-  dense        no slow path at all (the GPT baseline).
-  coupled      slow path + gate, everything trained.
-  gate_frozen  slow path computed, gate held at 0: same cost as coupled, same function as dense.
-  slow_frozen  slow-path parameters held at their init, gate (and fast path) trained.
+  dense        no slow path at all (the GPT baseline, the same for every family).
+  coupled      the family's full model: slow path (+ gate), everything trained.
+  gate_frozen  slow path computed, gate held at 0: same cost as coupled, same function as dense
+               (gated families only).
+  slow_frozen  slow-path parameters held at their init, the rest (gate included) trained.
 """
 
 from __future__ import annotations
@@ -15,19 +17,22 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from fastslow_jax.configs import ranges
-from fastslow_jax.models import attention_backends
+from fastslow_jax.models import attention_backends, families
 
 ARMS = ('dense', 'coupled', 'gate_frozen', 'slow_frozen')
 GATE_KINDS = ('scalar', 'channel')
 DTYPES = ('float32', 'bfloat16', 'float16')
-# What the backward pass keeps of a block (see `fastslow.SAVED_NAMES` for the named values).
+# What the backward pass keeps of a block (see `scan.SAVED_NAMES` for the named values).
 REMAT_POLICIES = ('none', 'full', 'dots_saveable', 'minimal')
+HOURGLASS_POOLS = ('average', 'linear')
+HOURGLASS_UPSAMPLES = ('repeat', 'linear')
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-  """Decoder-only transformer with an optional fast-slow coupling per layer."""
+  """Decoder-only transformer of one family, with its slow path per the arm."""
 
+  family: str = 'fastslow'  # A name in families.FAMILIES.
   arm: str = 'coupled'
   vocab_size: int = 256
   seq_len: int = 128  # T: training context length.
@@ -40,7 +45,14 @@ class ModelConfig:
   slow_layers: str | Sequence[int] = 'all'  # 'all', 'every:k', '0,2,5' or a tuple of layer ids.
   slow_num_heads: int = 4
   phi_dim: int = 512  # Hidden width of phi_theta.
-  gate: str = 'scalar'  # 'scalar' or 'channel'.
+  gate: str = 'scalar'  # 'scalar' or 'channel' (fastslow); compressed gates per head.
+  # Hourglass: layers before shortening, at T/P, after upsampling ('pre,inner,post'; '': from
+  # num_layers, see `hourglass_stages`), shortening by P and upsampling back.
+  hourglass_layers: str = ''
+  hourglass_pool: str = 'average'  # 'average' or 'linear' (a learned map of the P tokens).
+  hourglass_upsample: str = 'repeat'  # 'repeat' or 'linear' (a learned map per position).
+  # Compressed: hidden width of the MLP that compresses a block's P keys (or values) per head.
+  compress_dim: int = 64
   # Shared.
   tie_embeddings: bool = True
   rope_theta: float = 10_000.0
@@ -53,7 +65,7 @@ class ModelConfig:
   norm_eps: float = 1e-6
   # Rematerialisation in the backward pass: 'none' keeps every activation; 'full' recomputes each
   # block; 'dots_saveable' keeps matmul outputs; 'minimal' keeps only the named attention and MLP
-  # outputs (fastslow.SAVED_NAMES). (True / False, from older configs, mean 'full' / 'none'.)
+  # outputs (scan.SAVED_NAMES). (True / False, from older configs, mean 'full' / 'none'.)
   remat: str = 'none'
   # Stack identical layers and run them with one `jax.lax.scan` (compile time independent of
   # depth). Mixed stacks scan over a repeating group of layers plus an unscanned remainder.
@@ -65,6 +77,19 @@ class ModelConfig:
     _check(self.remat in REMAT_POLICIES, 'remat', self.remat,
            f'choose one of {", ".join(REMAT_POLICIES)}')
     _check(self.arm in ARMS, 'arm', self.arm, f'choose one of {", ".join(ARMS)}')
+    family = families.family(self.family)
+    if not family.gated:
+      arms = [a for a in ARMS if a != 'gate_frozen']
+      _check(self.arm != 'gate_frozen', 'arm', self.arm,
+             f'family {self.family!r} has no gate; choose one of {", ".join(arms)}')
+    if not family.slow_layers:
+      _check(self.slow_layers == 'all', 'slow_layers', self.slow_layers,
+             f"family {self.family!r} has no per-layer slow path; leave it at 'all'")
+    _check(self.hourglass_pool in HOURGLASS_POOLS, 'hourglass_pool', self.hourglass_pool,
+           f'choose one of {", ".join(HOURGLASS_POOLS)}')
+    _check(self.hourglass_upsample in HOURGLASS_UPSAMPLES, 'hourglass_upsample',
+           self.hourglass_upsample, f'choose one of {", ".join(HOURGLASS_UPSAMPLES)}')
+    self.hourglass_stages  # Validates the stage layer counts.
     _check(self.gate in GATE_KINDS, 'gate', self.gate, "choose 'scalar' or 'channel'")
     for field in ('dtype', 'param_dtype'):
       _check(getattr(self, field) in DTYPES, field, getattr(self, field),
@@ -81,11 +106,12 @@ class ModelConfig:
       _check(self.seq_len % self.P == 0, 'seq_len', self.seq_len,
              f'it must be a multiple of model.P={self.P}; use e.g. '
              f'{max(self.P, self.seq_len // self.P * self.P)} or {(self.seq_len // self.P + 1) * self.P}')
+      self.slow_layer_ids  # Validates the layer selection.
+    if self.has_slow_path and self.family == 'fastslow':
       _check(self.d_model % self.slow_num_heads == 0, 'slow_num_heads', self.slow_num_heads,
              f'it must divide model.d_model={self.d_model}; pick a divisor of {self.d_model}')
       _check((self.d_model // self.slow_num_heads) % 2 == 0, 'slow_num_heads', self.slow_num_heads,
              'model.d_model / model.slow_num_heads must be even for rotary embeddings')
-      self.slow_layer_ids  # Validates the layer selection.
 
   def _check_attention(self) -> None:
     """The backend exists, takes the compute dtype and the tile sizes (platform: at run time)."""
@@ -117,9 +143,27 @@ class ModelConfig:
     return self.d_model // self.slow_num_heads
 
   @property
+  def hourglass_stages(self) -> tuple[int, int, int]:
+    """(pre, inner, post) layer counts of the hourglass: `hourglass_layers`, or from num_layers
+    n: a quarter of the layers (at least one) on each side of max(1, the rest) inner layers,
+    e.g. 2 -> (1, 1, 1), 6 -> (2, 2, 2), 12 -> (3, 6, 3), 24 -> (6, 12, 6)."""
+    spec = str(self.hourglass_layers).strip()
+    if not spec:
+      side = max(1, round(self.num_layers / 4))
+      return side, max(1, self.num_layers - 2 * side), side
+    parts = [p.strip() for p in spec.split(',')]
+    ok = len(parts) == 3 and all(p.isdigit() for p in parts) and int(parts[1]) >= 1
+    _check(ok, 'hourglass_layers', self.hourglass_layers,
+           "give 'pre,inner,post' layer counts with at least one inner layer, e.g. '2,4,2', or "
+           "'' to derive them from model.num_layers")
+    pre, inner, post = (int(p) for p in parts)
+    return pre, inner, post
+
+  @property
   def slow_layer_ids(self) -> tuple[int, ...]:
-    """Indices of the layers that carry a slow path (empty for `dense`)."""
-    if not self.has_slow_path:
+    """Indices of the layers that carry a per-layer slow path (empty for `dense` and for
+    families whose slow path is not per layer)."""
+    if not self.has_slow_path or not families.family(self.family).slow_layers:
       return ()
     spec, n = self.slow_layers, self.num_layers
     fix = ("use 'all', 'every:k' (1 <= k <= model.num_layers) or comma-separated layer ids below "
@@ -157,15 +201,20 @@ class ModelConfig:
     k is the period that leaves the fewest distinct layer bodies (k + remainder): 'all' and dense
     stacks give (1, num_layers); 'every:3' over 13 layers gives (3, 4) plus one layer.
     """
-    if not self.scan_layers:
-      return 1, 0
-    pattern, n = self.slow_pattern, self.num_layers
-    best, best_cost = (1, 0), n
-    for k in range(1, n // 2 + 1):
-      r = n // k
-      if all(pattern[i] == pattern[i % k] for i in range(r * k)) and k + n - r * k < best_cost:
-        best, best_cost = (k, r), k + n - r * k
-    return best
+    return repeating_groups(self.slow_pattern) if self.scan_layers else (1, 0)
+
+
+def repeating_groups(pattern: tuple) -> tuple[int, int]:
+  """(k, r) for a stack of layers whose kinds are `pattern`: layers [0, r*k) are r repeats of a
+  group of k consecutive layers, the rest an unscanned remainder; k leaves the fewest distinct
+  layer bodies (k + remainder). (1, 0) when nothing repeats."""
+  n = len(pattern)
+  best, best_cost = (1, 0), n
+  for k in range(1, n // 2 + 1):
+    r = n // k
+    if all(pattern[i] == pattern[i % k] for i in range(r * k)) and k + n - r * k < best_cost:
+      best, best_cost = (k, r), k + n - r * k
+  return best
 
 
 def _check(ok: bool, field: str, value: Any, fix: str) -> None:

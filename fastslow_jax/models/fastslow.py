@@ -1,4 +1,4 @@
-"""The fast-slow block.
+"""The fast-slow family: the fast-slow block, its slow path, and the family's hooks.
 
     x  = norm(h)
     h <- h + FastAttn(x) + g * Broadcast(phi_theta(SlowAttn(Pool(x))))
@@ -18,15 +18,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from fastslow_jax.models import decoder, flops
 from fastslow_jax.models.config import ModelConfig
 from fastslow_jax.models.layers import (CausalSelfAttention, KVCache, RMSNorm, SwiGLU, constrain,
                                         param)
 
 Array = jax.Array
-
-# The values a block names for rematerialisation (`checkpoint_name`): the 'minimal' remat policy
-# keeps exactly these for the backward pass and recomputes the rest.
-SAVED_NAMES = ('fast_attn', 'slow_attn', 'phi', 'mlp')
 
 
 def block_mean_pool(x: Array, P: int) -> Array:
@@ -144,10 +141,16 @@ class Block(nnx.Module):
                                     output_name='fast_attn', **kw)
     self.mlp_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps, rngs=rngs, **kw)
     self.mlp = SwiGLU(cfg.d_model, cfg.mlp_dim, rngs=rngs, output_name='mlp', **kw)
-    self.slow = SlowPath(cfg, rngs=slow_rngs) if slow else None
+    path, gate = self._slow_path(cfg, slow_rngs) if slow else (None, None)
+    self.slow = path
     if slow:
-      shape, axes = ((), ()) if cfg.gate == 'scalar' else ((cfg.d_model,), ('norm',))
-      self.gate = param(slow_rngs, nnx.initializers.zeros, shape, axes, param_dtype)
+      self.gate = gate
+
+  def _slow_path(self, cfg: ModelConfig, rngs: nnx.Rngs) -> tuple[nnx.Module, nnx.Param]:
+    """The layer's slow path and its zero-initialised gate (scalar or per channel)."""
+    slow = SlowPath(cfg, rngs=rngs)
+    shape, axes = ((), ()) if cfg.gate == 'scalar' else ((cfg.d_model,), ('norm',))
+    return slow, param(rngs, nnx.initializers.zeros, shape, axes, jnp.dtype(cfg.param_dtype))
 
   def __call__(self, h: Array) -> tuple[Array, dict[str, Array]]:
     """Residual stream [B, T, D] -> (the block's output, its parts).
@@ -194,3 +197,28 @@ class Block(nnx.Module):
     update = fast if slow is None else fast + self._gated(slow)
     h = constrain(h + update, ('batch', 'length', None))
     return constrain(h + self.mlp(self.mlp_norm(h)), ('batch', 'length', None))
+
+
+# --------------------------------------------------------------------------- family hooks
+
+
+def build(cfg: ModelConfig, rngs: nnx.Rngs) -> decoder.Decoder:
+  """The decoder of fast-slow blocks (every arm; `dense` has no slow layer)."""
+  return decoder.Decoder(cfg, Block, rngs=rngs)
+
+
+def layer_stacks(cfg: ModelConfig) -> dict[tuple, tuple[bool, ...]]:
+  """One stack of layers at the top of the model; per layer whether it has a slow path."""
+  return {(): cfg.slow_pattern}
+
+
+def flops_per_token(cfg: ModelConfig, *, causal: bool, seq_len: int) -> flops.FlopCount:
+  """Forward FLOPs per token: the fast layers, the slow paths (per block, amortised over its P
+  tokens: attention over the T/P blocks plus phi_theta) and the head."""
+  d, n_blocks = cfg.d_model, -(-seq_len // cfg.P)
+  per_block = (flops.projections(d) + flops.attention(n_blocks, d, causal)
+               + flops.swiglu(d, cfg.phi_dim))
+  return flops.FlopCount(
+      fast=cfg.num_layers * flops.layer(cfg, seq_len, causal),
+      slow=len(cfg.slow_layer_ids) * per_block * n_blocks / seq_len,
+      head=flops.head(cfg))

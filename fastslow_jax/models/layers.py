@@ -118,21 +118,18 @@ class CausalSelfAttention(nnx.Module):
 
   def __call__(self, x: Array) -> Array:
     """Causal self-attention over the whole sequence x [B, T, D] (training, evaluation)."""
-    q, k, v = self._qkv(x, jnp.arange(x.shape[1]))
-    out = attention(q, k, v, causal=True, impl=self.impl, block_q=self.block_q,
-                    block_kv=self.block_kv)
-    return self._out(out)
+    q, k, v = self.project(x)
+    q, k = self.rotate(q, k, jnp.arange(x.shape[1]))
+    return self.output(self.attend(q, k, v))
 
   def extend(self, x: Array, cache: KVCache, positions: Array) -> tuple[Array, KVCache]:
     """Incremental attention (decoding): the S new vectors x [B, S, D] sit at `positions` [B, S]
     of their rows. Their keys and values are written into `cache` there, and each query attends
     to the cached keys at positions <= its own. Returns (output [B, S, D], updated cache)."""
-    q, k, v = self._qkv(x, positions)
-    rows = jnp.arange(x.shape[0])[:, None]
-    cache = KVCache(k=cache.k.at[rows, positions].set(k.astype(cache.k.dtype)),
-                    v=cache.v.at[rows, positions].set(v.astype(cache.v.dtype)))
-    mask = jnp.arange(cache.k.shape[1]) <= positions[:, :, None]  # [B, S, cache length]
-    return self._out(masked_attention(q, cache.k, cache.v, mask)), cache
+    q, k, v = self.project(x)
+    q, k = self.rotate(q, k, positions)
+    heads, cache = self.attend_cached(q, k, v, cache, positions)
+    return self.output(heads), cache
 
   def empty_cache(self, batch: int, length: int) -> KVCache:
     """Zero keys and values for `length` positions per row."""
@@ -140,15 +137,36 @@ class CausalSelfAttention(nnx.Module):
     zeros = jnp.zeros((batch, length, heads, head_dim), self.dtype)
     return KVCache(k=zeros, v=zeros)
 
-  def _qkv(self, x: Array, positions: Array) -> tuple[Array, Array, Array]:
-    cast = lambda w: w[...].astype(self.dtype)
-    q = rotary(jnp.einsum('btd,dhk->bthk', x, cast(self.wq)), positions, self.rope_theta)
-    k = rotary(jnp.einsum('btd,dhk->bthk', x, cast(self.wk)), positions, self.rope_theta)
-    return q, k, jnp.einsum('btd,dhk->bthk', x, cast(self.wv))
+  # The steps of a call, for blocks that combine attention with more (compressed.py).
 
-  def _out(self, out: Array) -> Array:
+  def project(self, x: Array) -> tuple[Array, Array, Array]:
+    """Queries, keys and values [B, T, H, head_dim] of x [B, T, D], before rotary positions."""
+    cast = lambda w: w[...].astype(self.dtype)
+    return tuple(jnp.einsum('btd,dhk->bthk', x, cast(w)) for w in (self.wq, self.wk, self.wv))
+
+  def rotate(self, q: Array, k: Array, positions: Array) -> tuple[Array, Array]:
+    """Rotary positions on queries and keys at `positions` [T] or [B, T]."""
+    return rotary(q, positions, self.rope_theta), rotary(k, positions, self.rope_theta)
+
+  def attend(self, q: Array, k: Array, v: Array) -> Array:
+    """Causal attention per head [B, T, H, head_dim] through the configured backend."""
+    return attention(q, k, v, causal=True, impl=self.impl, block_q=self.block_q,
+                     block_kv=self.block_kv)
+
+  def attend_cached(self, q: Array, k: Array, v: Array, cache: KVCache,
+                    positions: Array) -> tuple[Array, KVCache]:
+    """`attend` for new queries, keys and values at `positions` [B, S] against `cache`: the keys
+    and values are written there first, and each query reads the positions <= its own."""
+    rows = jnp.arange(q.shape[0])[:, None]
+    cache = KVCache(k=cache.k.at[rows, positions].set(k.astype(cache.k.dtype)),
+                    v=cache.v.at[rows, positions].set(v.astype(cache.v.dtype)))
+    mask = jnp.arange(cache.k.shape[1]) <= positions[:, :, None]  # [B, S, cache length]
+    return masked_attention(q, cache.k, cache.v, mask), cache
+
+  def output(self, heads: Array) -> Array:
+    """The output projection of per-head results [B, T, H, head_dim] to [B, T, D]."""
     wo = self.wo[...].astype(self.dtype)
-    return checkpoint_name(jnp.einsum('bthk,hkd->btd', out, wo), self.output_name)
+    return checkpoint_name(jnp.einsum('bthk,hkd->btd', heads, wo), self.output_name)
 
 
 class SwiGLU(nnx.Module):

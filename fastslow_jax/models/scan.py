@@ -1,15 +1,17 @@
 """Scanned layers: stacking blocks, running them with `jax.lax.scan`, remat policies, and
 converting parameters between the scanned and the unrolled layout.
 
-Layouts (parameter paths of a `Decoder`):
+A model keeps each stack of layers as two lists under some path prefix (the `Decoder` at the
+top, the hourglass per stage: `pre`, `slow/inner`, `post`):
 
-    unrolled   blocks/<i>/...                 layer i, for i < num_layers
-    scanned    stack/<j>/...  [r, ...]        layer rep * k + j, for rep < r, j < k
-               blocks/<m>/...                 layer r * k + m: the unscanned remainder
+    unrolled   <prefix>/blocks/<i>/...              layer i, for i < layers of the stack
+    scanned    <prefix>/stack/<j>/...  [r, ...]     layer rep * k + j, for rep < r, j < k
+               <prefix>/blocks/<m>/...              layer r * k + m: the unscanned remainder
 
-where (k, r) = `ModelConfig.scan_groups`. A stacked parameter carries the logical axis `layers`
-in front of its own, so the sharding rules place it like any other axis (replicated by default).
-Both layouts of one seed hold the same numbers, so a checkpoint converts either way.
+where (k, r) = `config.repeating_groups` of the stack's layer pattern. A stacked parameter
+carries the logical axis `layers` in front of its own, so the sharding rules place it like any
+other axis (replicated by default). Both layouts of one seed hold the same numbers, so a
+checkpoint converts either way.
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from fastslow_jax.models.fastslow import SAVED_NAMES
+# The values blocks name for rematerialisation (`checkpoint_name`): the 'minimal' remat policy
+# keeps exactly these for the backward pass and recomputes the rest.
+SAVED_NAMES = ('fast_attn', 'slow_attn', 'phi', 'mlp')
 
 LAYERS_AXIS = 'layers'
 SHARDING_KEY = 'out_sharding'  # The Variable metadata holding logical axis names.
@@ -83,6 +87,30 @@ def scan_stack(stack: nnx.List, h: jax.Array, policy: str):
   return h, per_layer
 
 
+def build_stack(blocks: Sequence[nnx.Module], groups: tuple[int, int]) -> tuple[nnx.List, nnx.List]:
+  """(stack, blocks) of a model for `blocks` in the layout `groups` = (k, r)."""
+  k, r = groups
+  stack = nnx.List([stack_modules(blocks[j:r * k:k]) for j in range(k)] if r else [])
+  return stack, nnx.List(blocks[r * k:])
+
+
+def run_stack(stack: nnx.List, blocks: nnx.List, h: jax.Array, policy: str):
+  """The layers of (`stack`, `blocks`) over h in order: (output, per layer its block's parts)."""
+  parts = []
+  if len(stack):
+    h, parts = scan_stack(stack, h, policy)
+  for block in blocks:
+    h, block_parts = remat(type(block).__call__, policy)(block, h)
+    parts.append(block_parts)
+  return h, parts
+
+
+def check_unrolled(stack: nnx.List) -> None:
+  """Decoding runs layer by layer: a scanned stack must be converted first."""
+  if len(stack):
+    raise ValueError('decoding runs on the unrolled layout: pass models.unrolled(model).')
+
+
 # --------------------------------------------------------------------------- layout conversion
 
 
@@ -101,44 +129,65 @@ def _unstacked(leaf, rep: int):
   return leaf[rep]
 
 
+def _layer_path(path: tuple) -> tuple[tuple, str, int, tuple] | None:
+  """(prefix, 'stack' | 'blocks', index, rest) of a parameter path inside a stack of layers."""
+  for i, part in enumerate(path[:-1]):
+    if part in ('stack', 'blocks') and isinstance(path[i + 1], int):
+      return path[:i], part, path[i + 1], path[i + 2:]
+  return None
+
+
+def _flat(params: nnx.State) -> list[tuple[tuple, object]]:
+  return [(tuple(_key(p) for p in path), leaf) for path, leaf in nnx.to_flat_state(params)]
+
+
 def unstack_layers(params: nnx.State) -> nnx.State:
   """Scanned layout -> unrolled layout (see the module docstring); unrolled input is returned
   as is. Leaves may be `nnx.Variable`s or arrays (e.g. restored from a checkpoint)."""
-  flat = [(tuple(_key(p) for p in path), leaf) for path, leaf in nnx.to_flat_state(params)]
-  stacked = [(path, leaf) for path, leaf in flat if path[0] == 'stack']
-  if not stacked:
+  flat = _flat(params)
+  groups: dict[tuple, tuple[set, int]] = {}  # prefix -> (stack indices, repeats)
+  for path, leaf in flat:
+    where = _layer_path(path)
+    if where and where[1] == 'stack':
+      indices, _ = groups.get(where[0], (set(), 0))
+      groups[where[0]] = (indices | {where[2]}, _value(leaf).shape[0])
+  if not groups:
     return params
-  k = len({path[1] for path, _ in stacked})
-  r = _value(stacked[0][1]).shape[0]
   out = []
   for path, leaf in flat:
-    if path[0] == 'stack':
-      out += [(('blocks', rep * k + path[1], *path[2:]), _unstacked(leaf, rep)) for rep in range(r)]
-    elif path[0] == 'blocks':
-      out.append((('blocks', r * k + path[1], *path[2:]), leaf))
-    else:
+    where = _layer_path(path)
+    if where is None or where[0] not in groups:
       out.append((path, leaf))
+      continue
+    prefix, kind, index, rest = where
+    k, r = len(groups[prefix][0]), groups[prefix][1]
+    if kind == 'stack':
+      out += [((*prefix, 'blocks', rep * k + index, *rest), _unstacked(leaf, rep))
+              for rep in range(r)]
+    else:
+      out.append(((*prefix, 'blocks', r * k + index, *rest), leaf))
   return nnx.from_flat_state(sorted(out, key=lambda item: _sort_key(item[0])))
 
 
-def stack_layers(params: nnx.State, groups: tuple[int, int]) -> nnx.State:
-  """Unrolled layout -> scanned layout with (k, r) = `groups` (`ModelConfig.scan_groups`)."""
+def stack_layers(params: nnx.State, groups: dict[tuple, tuple[int, int]]) -> nnx.State:
+  """Unrolled layout -> scanned layout with (k, r) = `groups[prefix]` for the stack of layers
+  under each path prefix (`config.repeating_groups`; prefixes not listed stay unrolled)."""
   params = unstack_layers(params)
-  k, r = groups
-  if r == 0:
-    return params
-  flat = [(tuple(_key(p) for p in path), leaf) for path, leaf in nnx.to_flat_state(params)]
   layers: dict[tuple, dict[int, object]] = {}
   out = []
-  for path, leaf in flat:
-    if path[0] == 'blocks' and path[1] < r * k:
-      layers.setdefault(('stack', path[1] % k, *path[2:]), {})[path[1] // k] = leaf
-    elif path[0] == 'blocks':
-      out.append((('blocks', path[1] - r * k, *path[2:]), leaf))
-    else:
+  for path, leaf in _flat(params):
+    where = _layer_path(path)
+    k, r = groups.get(where[0], (1, 0)) if where else (1, 0)
+    if where is None or r == 0:
       out.append((path, leaf))
+      continue
+    prefix, _, index, rest = where
+    if index < r * k:
+      layers.setdefault((*prefix, 'stack', index % k, *rest), {})[index // k] = leaf
+    else:
+      out.append(((*prefix, 'blocks', index - r * k, *rest), leaf))
   for path, by_rep in layers.items():
-    leaves = [by_rep[rep] for rep in range(r)]
+    leaves = [by_rep[rep] for rep in range(len(by_rep))]
     if isinstance(leaves[0], nnx.Variable):
       axes = leaves[0].get_metadata(SHARDING_KEY) if leaves[0].has_metadata(SHARDING_KEY) else None
       value = jnp.stack([v[...] for v in leaves])

@@ -1,0 +1,55 @@
+"""The model families of the zoo: one table, the one owner of their names. Imports no jax.
+
+`ModelConfig` validates `model.family` (and which arms a family has) against this table without
+loading any model code; `models.build`, the FLOP count and the layer layouts look the family's
+module up here. Adding a family is one module plus one entry.
+
+A family module defines:
+
+    build(cfg, rngs, slow_rngs) -> nnx.Module   the model of arm `coupled` / the frozen arms
+    flops_per_token(cfg, *, training, causal, seq_len) -> FlopCount
+    layer_stacks(cfg) -> {path prefix: per-layer pattern}   where its layers live (models.scan)
+
+`arm='dense'` is one baseline shared by every family: the plain decoder of the `fastslow` family
+without slow paths, so a seed gives the same dense model whatever the family.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from types import ModuleType
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+  """What a family is and which ablation arms it has."""
+
+  module: str  # The family's module under fastslow_jax.models.
+  about: str
+  gated: bool  # Has a zero-initialised gate (the `gate_frozen` arm applies).
+  slow_layers: bool = True  # `model.slow_layers` picks which layers carry its slow path.
+
+
+FAMILIES: dict[str, Family] = {
+    'fastslow': Family('fastslow', 'causal attention + gated slow attention over block means',
+                       gated=True),
+    'hourglass': Family('hourglass', 'pre layers, shortened inner layers at T/P, upsampled post '
+                        'layers (Nawrot et al. 2021)', gated=False, slow_layers=False),
+    'compressed': Family('compressed', 'causal attention + gated attention over compressed '
+                         'blocks per head (NSA compression branch)', gated=True),
+}
+
+
+def family(name: str) -> Family:
+  """The table entry for `name`; an unknown name is a one-line ValueError."""
+  if name not in FAMILIES:
+    raise ValueError(f'model.family={name!r} is invalid: choose one of {", ".join(FAMILIES)}.')
+  return FAMILIES[name]
+
+
+def module(cfg) -> ModuleType:
+  """The module implementing the model `cfg` (a ModelConfig) describes; `dense` is the plain
+  decoder of the fastslow family whatever `cfg.family` says."""
+  name = 'fastslow' if cfg.arm == 'dense' else cfg.family
+  return importlib.import_module(f'fastslow_jax.models.{family(name).module}')
