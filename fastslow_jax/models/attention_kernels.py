@@ -20,7 +20,7 @@ import warnings
 import jax
 import jax.numpy as jnp
 from flax.core import spmd as flax_spmd
-from jax.sharding import PartitionSpec as P
+from jax.sharding import PartitionSpec
 
 from fastslow_jax.models import attention_backends
 
@@ -104,7 +104,8 @@ def _per_device(kernel):
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty or not rules:
       return kernel(q, k, v)
-    spec = P(*flax_spmd.from_sharding_rules(('batch', 'length', 'heads', 'kv'), rules))
+    spec = PartitionSpec(*flax_spmd.from_sharding_rules(('batch', 'length', 'heads', 'kv'),
+                                                        rules))
     if spec[1] is not None or spec[3] is not None:
       raise ValueError(f'the sharding rules split the sequence or head dimension ({spec}): fused '
                        "attention kernels need ('length', None) and ('kv', None).")

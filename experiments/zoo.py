@@ -1,0 +1,366 @@
+r"""The zoo at matched compute: every model family against the dense baseline.
+
+    python -m experiments.zoo                          # 500k and 5M tokens, 3 seeds, 2 sources
+    python -m experiments.zoo --tokens=500k --seeds=0  # a quick look
+
+Models: `dense` (the baseline every family shares) and the full model (`arm=coupled`) of each
+family in `models.FAMILIES`. Each model's MLP width is chosen so that its analytic training FLOPs
+per token match dense's (within `FLOP_TOLERANCE`; `match_flops`), so the families compete at
+equal compute per token, not at equal width. Every (data source, budget, seed, model) run trains
+through `fastslow_jax.train`; the report (experiments/reports/zoo/report.md) gives per data source
+and budget the final validation loss (mean ± std over seeds), bits per byte (text) or the gap to
+the Bayes optimum (synthetic), step time relative to dense (interleaved benchmark), Welch's test
+for every pair of models, and plots of the validation curves and of final loss against budget.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import itertools
+import math
+import os
+import pathlib
+from typing import Any, Sequence
+
+import ml_collections
+import numpy as np
+
+from experiments import common
+from fastslow_jax import data, models
+
+FLOP_TOLERANCE = 0.05  # Matched: analytic training FLOPs per token within 5% of dense's.
+MLP_MULTIPLE = 8  # MLP widths are multiples of this.
+BUDGETS = (500_000, 5_000_000)
+MODEL_COLORS = {'dense': 'tab:gray', 'fastslow': 'tab:blue', 'hourglass': 'tab:red',
+                'compressed': 'tab:purple'}
+
+
+# --------------------------------------------------------------------------- configs
+
+
+def model_config(config: ml_collections.ConfigDict) -> models.ModelConfig:
+  """The ModelConfig a training config builds (vocabulary taken from its data)."""
+  fields = config.model.to_dict()
+  if fields['vocab_size'] == -1:
+    fields['vocab_size'] = data.vocab_size(config.data)
+  return models.ModelConfig.from_mapping(fields)
+
+
+def training_flops(config: ml_collections.ConfigDict) -> float:
+  return models.flops_per_token(model_config(config)).total
+
+
+def match_flops(config: ml_collections.ConfigDict, target: float) -> ml_collections.ConfigDict:
+  """`config` with `model.mlp_dim` (a multiple of MLP_MULTIPLE) giving the training FLOPs per
+  token nearest to `target`; a one-line ValueError if no width comes within FLOP_TOLERANCE."""
+  def flops_at(width: int) -> float:
+    trial = ml_collections.ConfigDict(config.to_dict())
+    trial.model.mlp_dim = width
+    return training_flops(trial)
+
+  # FLOPs grow linearly in the MLP width: two points give the width that hits the target.
+  low, high = MLP_MULTIPLE, 2 * MLP_MULTIPLE
+  slope = (flops_at(high) - flops_at(low)) / (high - low)
+  ideal = low + (target - flops_at(low)) / slope
+  width = max(MLP_MULTIPLE, MLP_MULTIPLE * round(ideal / MLP_MULTIPLE))
+  got = flops_at(width)
+  if abs(got / target - 1) > FLOP_TOLERANCE:
+    raise ValueError(f'model.family={config.model.family} cannot match {target:.4g} training '
+                     f'FLOPs per token by its MLP width (best {got:.4g} at {width}): change the '
+                     'size or the family\'s other widths.')
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.model.mlp_dim = width
+  return config
+
+
+def build_runs(*, data_specs: Sequence[str], families: Sequence[str], seeds: Sequence[int],
+               budgets: Sequence[int], size: str, P: int, checkpoints: int, evals: int = 5,
+               overrides: dict[str, Any] | None = None) -> list[common.Run]:
+  """Budget, then data, then seed, then model: the smaller budget's grid finishes first, and the
+  models of one seed run back to back, so drifts in the machine's load spread over them instead
+  of biasing one."""
+  runs = []
+  for tokens, spec, seed in itertools.product(budgets, data_specs, seeds):
+    spec = spec if spec == 'synthetic' else os.path.abspath(spec)
+    make = lambda arm, **extra: common.make_config(
+        arm, size=size, P=P, seed=seed, data_spec=spec, tokens=tokens, checkpoints=checkpoints,
+        evals=evals, overrides={**(overrides or {}), **extra})
+    dense = make('dense')
+    target = training_flops(dense)
+    group = f'{common.data_label(spec)}/{common.tokens_label(tokens)}'
+    runs.append(common.Run(f'{group}/dense-s{seed}', group, 'dense', seed, dense, label='dense'))
+    for family in families:
+      config = match_flops(make('coupled', **{'model.family': family}), target)
+      runs.append(common.Run(f'{group}/{family}-s{seed}', group, 'coupled', seed, config,
+                             label=family))
+  return runs
+
+
+# --------------------------------------------------------------------------- summary
+
+
+@dataclasses.dataclass
+class ModelSummary:
+  """One model's figures in one (data source, budget) group."""
+  n: int
+  val: list[float]
+  flops: float
+  params: int
+  mlp_dim: int
+  step_s: float  # Interleaved benchmark (or the runs' own median step when not timed).
+  rel_step: float
+  bits_per_byte: float | None
+  gap: float | None
+
+
+def summarise(results: list[dict[str, Any]], timing: dict[str, dict[str, float]]
+              ) -> dict[str, dict[str, Any]]:
+  """Per group: per model its figures, and Welch's test of every pair of models."""
+  out = {}
+  for group in dict.fromkeys(r['group'] for r in results):
+    by_model = collections.defaultdict(list)
+    for r in results:
+      if r['group'] == group:
+        by_model[r['label']].append(r)
+    source = group.split('/')[0]
+    bench = timing.get(source, {})
+    optimum = common.bayes_optimum(by_model['dense'][0])
+    dataset_cfg = ml_collections.ConfigDict(by_model['dense'][0]['config'])
+    per_byte = _bytes_per_token(dataset_cfg)
+    step = {m: bench.get(m, float(np.median([r['step_s'] for r in rs])))
+            for m, rs in by_model.items()}
+    summary = {}
+    for name, rs in by_model.items():
+      config = ml_collections.ConfigDict(rs[0]['config'])
+      cfg = model_config(config)
+      val = [r['val_loss'] for r in rs]
+      mean = float(np.mean(val))
+      summary[name] = ModelSummary(
+          n=len(rs), val=val, flops=models.flops_per_token(cfg).total,
+          params=models.param_count(_abstract(cfg)), mlp_dim=cfg.mlp_dim, step_s=step[name],
+          rel_step=step[name] / step['dense'],
+          bits_per_byte=None if per_byte is None else mean / per_byte / math.log(2),
+          gap=None if optimum is None else mean - optimum)
+    tests = {f'{a} − {b}': common.compare(summary[a].val, summary[b].val)
+             for a, b in itertools.combinations(summary, 2)}
+    out[group] = {'models': summary, 'tests': tests, 'optimum': optimum,
+                  'tokens': rs[0]['tokens'], 'steps': rs[0]['steps']}
+  return out
+
+
+def _abstract(cfg: models.ModelConfig):
+  from flax import nnx
+  return nnx.eval_shape(lambda: models.build(cfg, rngs=0))
+
+
+def _bytes_per_token(config: ml_collections.ConfigDict) -> float | None:
+  """UTF-8 bytes per token of the validation split (text sources), else None."""
+  ds = data.make_dataset(config.data, seq_len=config.model.seq_len, split='validation')
+  return ds.bytes_per_token
+
+
+# --------------------------------------------------------------------------- plots
+
+
+def plot_curves(results, root: pathlib.Path, out_dir: pathlib.Path, groups, optima) -> str:
+  """Validation loss against training tokens per model and group (seed mean, bars: std)."""
+  fig, axes = common.new_figure(len(groups), 1, width=4.6, height=3.4)
+  for ax, group in zip(axes[0], groups):
+    for name in MODEL_COLORS:
+      runs = [r for r in results if r['group'] == group and r['label'] == name]
+      curves = collections.defaultdict(list)
+      for r in runs:
+        for m in common.read_metrics(root / r['name']):
+          if 'val_loss' in m:
+            curves[m['step'] * r['tokens'] / r['steps']].append(m['val_loss'])
+      x = sorted(curves)
+      if x:
+        ax.errorbar(x, [np.mean(curves[k]) for k in x],
+                    yerr=[np.std(curves[k], ddof=1) if len(curves[k]) > 1 else 0 for k in x],
+                    color=MODEL_COLORS[name], marker='o', ms=3, capsize=2, label=name)
+    if optima.get(group) is not None:
+      ax.axhline(optima[group], color='k', lw=0.8, ls=':', label='Bayes optimum')
+    ax.set_title(group, fontsize=9)
+    common.token_axis(ax)
+    ax.set_ylabel('validation loss (nats / token)')
+    ax.legend(fontsize=7)
+  return common.save_figure(fig, out_dir / 'val_loss.png')
+
+
+def plot_budgets(summary, out_dir: pathlib.Path) -> str:
+  """Final validation loss against the budget, one panel per data source."""
+  sources = list(dict.fromkeys(g.split('/')[0] for g in summary))
+  fig, axes = common.new_figure(len(sources), 1, width=4.6, height=3.4)
+  for ax, source in zip(axes[0], sources):
+    groups = [g for g in summary if g.split('/')[0] == source]
+    for name in MODEL_COLORS:
+      points = [(summary[g]['tokens'], summary[g]['models'][name]) for g in groups
+                if name in summary[g]['models']]
+      if points:
+        ax.errorbar([t for t, _ in points], [np.mean(m.val) for _, m in points],
+                    yerr=[np.std(m.val, ddof=1) if m.n > 1 else 0 for _, m in points],
+                    color=MODEL_COLORS[name], marker='o', ms=4, capsize=3, label=name)
+    ax.set_xscale('log')
+    ax.set_title(f'{source}: final validation loss', fontsize=9)
+    common.token_axis(ax)
+    ax.set_ylabel('nats / token')
+    ax.legend(fontsize=7)
+  return common.save_figure(fig, out_dir / 'loss_vs_budget.png')
+
+
+# --------------------------------------------------------------------------- report
+
+
+def verdict(group: str, s: dict[str, Any]) -> str:
+  """One sentence per group, computed from the numbers: the best model, and which families
+  differ from dense beyond noise."""
+  ranked = sorted(s['models'], key=lambda m: np.mean(s['models'][m].val))
+  parts = []
+  for name in ranked:
+    if name == 'dense':
+      continue
+    t = s['tests'].get(f'dense − {name}') or s['tests'].get(f'{name} − dense')
+    sign = 1 if f'{name} − dense' in s['tests'] else -1
+    diff = sign * t['diff']
+    word = ('within noise of' if t['within_noise'] else 'better than' if diff < 0 else
+            'worse than') if t['within_noise'] is not None else 'untested against'
+    parts.append(f'{name} {word} dense ({diff:+.4f} nats, p = {common.fmt(t["p"], 3)})')
+  return f'**{group}:** best {ranked[0]}; ' + '; '.join(parts) + '.'
+
+
+def write(results, *, root: pathlib.Path, out_dir: pathlib.Path, command: str, elapsed: float,
+          timing: dict[str, dict[str, float]], timing_notes: dict[str, str]) -> pathlib.Path:
+  out_dir.mkdir(parents=True, exist_ok=True)
+  summary = summarise(results, timing)
+  groups = list(summary)
+  first = ml_collections.ConfigDict(results[0]['config'])
+  m = first.model
+  stages = next((model_config(ml_collections.ConfigDict(r['config'])).hourglass_stages
+                 for r in results if r['label'] == 'hourglass'), None)
+  seeds = sorted({r['seed'] for r in results})
+  lines = [common.report_header('The zoo at matched training FLOPs (zoo)', command, elapsed)]
+  lines.append(
+      f'**Setup.** Models: dense and the full model (`arm=coupled`) of each family; seeds '
+      f'{", ".join(map(str, seeds))}; groups (data source / budget) {", ".join(groups)}. Base '
+      f'model d_model={m.d_model}, {m.num_layers} layers ({m.num_heads} heads), T={m.seq_len}, '
+      f'P={m.P}, batch {first.batch_size}; fastslow: slow heads {m.slow_num_heads}, phi '
+      f'{m.phi_dim}, scalar gate; hourglass: (pre, inner, post) layers {stages}, '
+      f'{m.hourglass_pool} shortening, {m.hourglass_upsample} upsampling; compressed: block MLP '
+      f'{m.compress_dim}, a gate per head. Each model\'s MLP width is set so that its analytic training FLOPs per '
+      f'token (`models.flops_per_token`) match dense\'s within {FLOP_TOLERANCE:.0%} (the table '
+      'gives the width and the ratio). AdamW, warmup + cosine as in the config; validation on '
+      f'the first {first.eval_batches} batches of the validation split (fixed order), '
+      f'{first.total_steps // first.eval_every} times per run. "took" above sums the runs\' '
+      'wall times.\n')
+  lines.append(
+      '**Stated test.** For each pair of models, Welch\'s two-sided t-test (scipy '
+      '`ttest_ind(equal_var=False)`) on the final validation losses of the seeds; "within noise" '
+      f'means p >= {common.ALPHA:g}. Seeds are shared across models (same data order; the dense '
+      'and fastslow fast paths share their initialisation).\n')
+  lines.append(
+      '**Step time.** Median time of one jitted train step of each model (seed 0, random tokens), '
+      'the models timed round-robin in rotating order (`common.time_steps`), so that the load of '
+      'a shared machine hits all alike; its ratio to dense is the cost of the same FLOPs in each '
+      'architecture on this machine.\n')
+  lines.append('## Verdict\n')
+  lines += [verdict(g, summary[g]) + '\n' for g in groups]
+  for group in groups:
+    s = summary[group]
+    lines.append(f'## {group} ({s["tokens"]:,} tokens, {s["steps"]} steps)\n')
+    header = ['model', 'seeds', 'MLP width', 'params', 'train FLOPs / token', 'vs dense',
+              'final val loss (mean ± std)',
+              'gap to Bayes optimum' if s['optimum'] is not None else 'bits per byte',
+              'step time', 'vs dense']
+    dense_flops = s['models']['dense'].flops
+    rows = []
+    for name in MODEL_COLORS:
+      if name not in s['models']:
+        continue
+      x = s['models'][name]
+      rows.append([name, x.n, x.mlp_dim, f'{x.params:,}', f'{x.flops / 1e6:.3f} M',
+                   f'{x.flops / dense_flops:.3f}x', common.fmt_pm(x.val),
+                   common.fmt(x.gap if s['optimum'] is not None else x.bits_per_byte),
+                   f'{x.step_s * 1e3:.1f} ms', f'{x.rel_step:.3f}x'])
+    lines.append(common.markdown_table(header, rows))
+    if s['optimum'] is not None:
+      lines.append(f'Bayes-optimal loss on the same validation windows: {s["optimum"]:.4f} nats.\n')
+    rows = [[pair, common.fmt(t['diff'], sign=True), common.fmt(t['noise']),
+             common.fmt(t['t'], 2), common.fmt(t['p'], 3),
+             {True: 'yes', False: '**no**', None: 'n/a'}[t['within_noise']]]
+            for pair, t in s['tests'].items()]
+    lines.append(common.markdown_table(
+        ['difference', 'mean (nats)', 'seed std', 'Welch t', 'p', 'within noise'], rows))
+  for source, note in timing_notes.items():
+    lines.append(f'Step-time benchmark ({source}): {note}.\n')
+  optima = {g: summary[g]['optimum'] for g in groups}
+  lines.append('## Plots\n')
+  lines.append(f'![validation loss]({plot_curves(results, root, out_dir, groups, optima)})\n')
+  lines.append(f'![final loss against budget]({plot_budgets(summary, out_dir)})\n')
+  lines.append(common.runs_section(results, root))
+  numbers = {g: {'models': {k: dataclasses.asdict(v) for k, v in s['models'].items()},
+                 'tests': s['tests'], 'optimum': s['optimum'], 'tokens': s['tokens']}
+             for g, s in summary.items()}
+  return common.write_report(out_dir, '\n'.join(lines),
+                             {'summary': numbers, 'runs': common.without_configs(results)})
+
+
+def run(*, name: str = 'zoo', data_specs: Sequence[str] = ('synthetic', str(common.DEFAULT_TEXT)),
+        families: Sequence[str] = tuple(models.FAMILIES), seeds: Sequence[int] = (0, 1, 2),
+        budgets: Sequence[int] = BUDGETS, size: str = 'cpu', P: int = 16, checkpoints: int = 1,
+        evals: int = 5, timing_rounds: int = 20, timing_steps: int = 3,
+        overrides: dict[str, Any] | None = None, workdir_root: str | None = None,
+        out_dir: str | None = None, command: str = '', devices=None, log=print) -> pathlib.Path:
+  """Runs (or reuses) the grid and writes the report; returns the report's path."""
+  root, out = common.runs_root(name, workdir_root), common.report_dir(name, out_dir)
+  runs = build_runs(data_specs=data_specs, families=families, seeds=seeds, budgets=budgets,
+                    size=size, P=P, checkpoints=checkpoints, evals=evals, overrides=overrides)
+  results = common.run_grid(runs, root, devices=devices, log=log)
+  timing, notes = {}, {}
+  if timing_rounds:  # Per data source, on the first budget's configs of the first seed.
+    for group in dict.fromkeys(r.group for r in runs if r.seed == seeds[0]):
+      source = group.split('/')[0]
+      if source in timing:
+        continue
+      configs = {r.label: r.config for r in runs if r.group == group and r.seed == seeds[0]}
+      log(f'Timing the models on {source} ({timing_rounds} interleaved rounds) ...')
+      timing[source], notes[source] = common.cached_step_times(
+          root / f'timing_{source}.json', configs, rounds=timing_rounds,
+          steps_per_round=timing_steps, devices=devices)
+  if not common.is_main_process():
+    return out / 'report.md'
+  path = write(results, root=root, out_dir=out, command=command,
+               elapsed=sum(r['wall_s'] for r in results), timing=timing, timing_notes=notes)
+  log(f'Wrote {path}')
+  return path
+
+
+def main():
+  from absl import flags
+  f = flags.FLAGS
+  common.enable_compilation_cache(common.runs_root(f.name, f.workdir_root) / 'jax_cache')
+  run(name=f.name, data_specs=f.data, families=f.families, seeds=[int(s) for s in f.seeds],
+      budgets=[common.parse_tokens(t) for t in f.tokens.split(',')], size=f.size, P=f.P,
+      checkpoints=f.checkpoints, evals=f.evals, timing_rounds=f.timing_rounds,
+      overrides=common.parse_overrides(f.set), workdir_root=f.workdir_root, out_dir=f.out_dir,
+      command=common.command_line('experiments.zoo'))
+
+
+def define_flags():
+  from absl import flags
+  flags.DEFINE_list('data', ['synthetic', str(pathlib.Path('..') / 'shared' / 'data' /
+                                              'tinyshakespeare.txt')],
+                    "Data sources: 'synthetic' and/or text files (one source per entry).")
+  flags.DEFINE_list('families', list(models.FAMILIES), 'Families compared with dense.')
+  flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds (init and data order) per model.')
+  flags.DEFINE_integer('P', 16, 'Pooling / shortening period.', lower_bound=1)
+  flags.DEFINE_integer('checkpoints', 1, 'Checkpoints per run.', lower_bound=1)
+  flags.DEFINE_integer('evals', 5, 'Validation points per run.', lower_bound=1)
+  common.define_grid_flags('zoo', tokens_help='Training budgets in tokens, comma-separated.')
+  flags.FLAGS.set_default('tokens', ','.join(common.tokens_label(b) for b in BUDGETS))
+  flags.adopt_module_key_flags(common)
+
+
+if __name__ == '__main__':
+  from fastslow_jax import cli
+  cli.run(main, define_flags)
