@@ -2,7 +2,8 @@ r"""The quick start: the model zoo at a glance, then train -> checkpoint -> eval
 
     python -m fastslow_jax.demo [--steps=600] [--workdir=runs/demo-...]
 
-1. Builds every arm at the `tiny` size and prints parameters, FLOPs per token and a forward pass.
+1. Builds every family and arm at the `tiny` size and prints parameters, FLOPs per token and a
+   forward pass.
 2. Trains the tiny `coupled` model on the synthetic fast-slow source (a minute or two on CPU),
    with checkpoints, metrics.jsonl and TensorBoard files in the workdir.
 3. Restores the checkpoint's parameters and evaluates them against the Bayes-optimal loss.
@@ -27,21 +28,23 @@ from fastslow_jax.rundir import RunDir
 
 
 def zoo_table(vocab_size: int = 64) -> str:
-  """One line per arm: trainable/total parameters, FLOPs per token, and a forward pass."""
-  lines = [f'{"arm":<12} {"params":>9} {"trainable":>9} {"train GFLOP/tok":>15} '
+  """One line per family and arm: trainable/total parameters, FLOPs per token, a forward pass."""
+  lines = [f'{"family":<11} {"arm":<12} {"params":>9} {"trainable":>9} {"train GFLOP/tok":>15} '
            f'{"(slow share)":>12} {"forward":>16}']
-  for arm in models.ARMS:
-    config = configlib.load(f'fastslow:arm={arm},size=tiny')
-    config.model.vocab_size = vocab_size
-    cfg = models.ModelConfig.from_mapping(config.model)
-    model = models.build(cfg, rngs=0)
-    trainable = models.param_count(nnx.state(model, models.trainable_filter(cfg)))
-    flops = models.flops_per_token(cfg)
-    tokens = jnp.zeros((2, cfg.seq_len), jnp.int32)
-    logits = model(tokens)
-    lines.append(f'{arm:<12} {models.param_count(model):>9,} {trainable:>9,} '
-                 f'{flops.total / 1e9:>15.4f} {flops.slow / flops.total:>11.1%} '
-                 f'{str(tuple(logits.shape)):>16}')
+  for family, spec in models.FAMILIES.items():
+    for arm in models.ARMS:
+      if (arm == 'gate_frozen' and not spec.gated) or (arm == 'dense' and family != 'fastslow'):
+        continue  # No gate to freeze; one dense baseline for every family.
+      config = configlib.load(f'fastslow:family={family},arm={arm},size=tiny')
+      config.model.vocab_size = vocab_size
+      cfg = models.ModelConfig.from_mapping(config.model)
+      model = models.build(cfg, rngs=0)
+      trainable = models.param_count(nnx.state(model, models.trainable_filter(cfg)))
+      flops = models.flops_per_token(cfg)
+      logits = model(jnp.zeros((2, cfg.seq_len), jnp.int32))
+      lines.append(f'{family if arm != "dense" else "(all)":<11} {arm:<12} '
+                   f'{models.param_count(model):>9,} {trainable:>9,} {flops.total / 1e9:>15.4f} '
+                   f'{flops.slow / flops.total:>11.1%} {str(tuple(logits.shape)):>16}')
   return '\n'.join(lines)
 
 

@@ -98,6 +98,12 @@ class MetricsWriter:
     if self._tb is not None:
       self._tb.close()
 
+  def __enter__(self) -> MetricsWriter:
+    return self
+
+  def __exit__(self, *exc) -> None:  # Also on errors: TensorBoard's writer thread must stop.
+    self.close()
+
 
 def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
   """Records of a metrics.jsonl file, in order."""

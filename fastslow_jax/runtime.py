@@ -45,6 +45,7 @@ def resolve_config(config: ml_collections.ConfigDict,
   """
   ranges.check(config)
   config = ml_collections.ConfigDict(config.to_dict())  # Unlocked copy; the caller's is untouched.
+  config.data.path = data.absolute_path(config.data.path)  # config.json is read from anywhere.
   # What the data are tokenized with, recorded in config.json: a resumed run refuses other data.
   config.data.tokenizer_fingerprint = data.tokenizer_fingerprint(config.data)
   vocab = data.vocab_size(config.data)

@@ -159,7 +159,6 @@ def _run(config, setup: runtime.TrainSetup, run: RunDir, mngr, train_iter, val_d
 
   flops = models.flops_per_token(model_cfg)
   peak = metrics.peak_flops()
-  writer = metrics.MetricsWriter(run)
   if is_main:
     logging.info('%s: %s params, %.3g train FLOPs/token (fast %.3g, slow %.3g); mesh %s; '
                  'starting at step %d.', model_cfg.arm, f'{models.param_count(state.params):,}',
@@ -168,7 +167,7 @@ def _run(config, setup: runtime.TrainSetup, run: RunDir, mngr, train_iter, val_d
   guard = NonFiniteGuard(config, mngr)
   last: dict[str, Any] = {}
   tick, steps_since = time.perf_counter(), 0
-  with setup.activate(), StopSignals() as stop:
+  with setup.activate(), StopSignals() as stop, metrics.MetricsWriter(run) as writer:
     while step < end:
       state, step_metrics = train_step(state, setup.global_batch(next(train_iter)))
       step, steps_since = step + 1, steps_since + 1
@@ -193,7 +192,6 @@ def _run(config, setup: runtime.TrainSetup, run: RunDir, mngr, train_iter, val_d
         guard.check_now()  # Never checkpoint a non-finite state.
         checkpointing.save(mngr, step, state, train_iter, batch_size=batch, force=step == end)
   bar.close()
-  writer.close()
   if is_main:
     logging.info('Done at step %d: %s', step, json.dumps(last))
   return last

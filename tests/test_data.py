@@ -8,7 +8,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from fastslow_jax import data
+from fastslow_jax import configlib, data, runtime
 from fastslow_jax.data import synthetic, text
 
 
@@ -392,3 +392,17 @@ def test_iterator_over_text_and_its_errors(tmp_path):
     data.make_iterator(ds, batch_size=len(ds), seed=0, shard_count=2)
   with pytest.raises(ValueError, match='shard_index=2'):
     data.make_iterator(ds, batch_size=4, seed=0, shard_index=2, shard_count=2)
+
+
+def test_data_path_is_recorded_absolute(tmp_path, monkeypatch):
+  """A run's config.json names its data by absolute paths, so evaluate and generate work from
+  any directory; remote entries and globs keep their form."""
+  monkeypatch.chdir(tmp_path)
+  assert data.absolute_path('a.txt, sub/*.txt,gs://bucket/x') == (
+      f'{tmp_path}/a.txt,{tmp_path}/sub/*.txt,gs://bucket/x')
+  assert data.absolute_path('') == ''
+  (tmp_path / 'input.txt').write_text('to be or not to be, that is the question. ' * 200)
+  config = configlib.load('fastslow:size=tiny', {'data.kind': 'text', 'data.path': 'input.txt'})
+  resolved = runtime.resolve_config(config, num_devices=1)
+  assert resolved.data.path == str(tmp_path / 'input.txt')
+  assert config.data.path == 'input.txt'  # The caller's config is untouched.

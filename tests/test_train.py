@@ -150,6 +150,22 @@ def test_cli_train_then_evaluate(tmp_path):
   assert (workdir / 'eval_validation_4.json').exists()
 
 
+def test_cli_non_finite_loss_is_one_line_and_exit_1(tmp_path):
+  """Stopping mid-run ends like any other error: one line on stderr (besides the log), no
+  traceback from writers left open (TensorBoard's thread at interpreter shutdown)."""
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'CI': 'true'}
+  env.pop('XLA_FLAGS', None)
+  result = subprocess.run(
+      [sys.executable, '-m', 'fastslow_jax.train', f'--config={CONFIG}:size=tiny',
+       f'--workdir={tmp_path}/nan', '--config.optim.lr=1e8', '--config.optim.clip_norm=1e30',
+       '--config.optim.warmup_steps=0', '--config.total_steps=20', '--config.model.seq_len=32'],
+      cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 1, result.stderr[-2000:]
+  lines = [line for line in result.stderr.splitlines()
+           if line.strip() and not re.match(r'^[IWE]\d{4} ', line)]
+  assert len(lines) == 1 and lines[0].startswith('error: non-finite loss'), lines
+
+
 def test_non_finite_loss_stops_at_the_step_and_keeps_the_good_checkpoint(tmp_path):
   config = tiny_config(**{'optim.lr': 1e30, 'optim.warmup_steps': 0, 'optim.clip_norm': 1e30,
                           'total_steps': 8, 'checkpoint_every': 1})

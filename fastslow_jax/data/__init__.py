@@ -27,6 +27,7 @@ A run records `tokenizer_fingerprint(cfg)` and refuses other data with `check_to
 from __future__ import annotations
 
 import math
+import os
 from typing import TYPE_CHECKING
 
 import ml_collections
@@ -41,6 +42,14 @@ SPLITS = tokens.SPLITS  # Named by the prepared-dataset layout.
 
 if TYPE_CHECKING:
   import grain
+
+
+def absolute_path(spec: str) -> str:
+  """`data.path` with each comma-separated local entry (a file, glob or directory) made absolute,
+  so that a run's recorded config works from any directory; remote entries (gs://...) and ''
+  stay as they are."""
+  items = [s.strip() for s in str(spec or '').split(',') if s.strip()]
+  return ','.join(i if '://' in i else os.path.abspath(os.path.expanduser(i)) for i in items)
 
 
 class TokenDataset:
