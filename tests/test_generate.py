@@ -3,6 +3,7 @@ every family and arm, several P, prompt lengths around block edges, mixed length
 sampling."""
 
 import functools
+import os
 import pathlib
 import subprocess
 import sys
@@ -222,3 +223,15 @@ def test_cli_bad_input_is_one_line(text_run, args, message):
   assert done.returncode == 2 and message in done.stderr, done.stderr[-2000:]
   assert len(done.stderr.strip().splitlines()) == 1 and done.stdout == '', done.stderr
   assert sorted((p, p.stat().st_mtime_ns) for p in text_run.rglob('*')) == before
+
+
+@pytest.mark.slow  # Compiles a decode step and a forward per model; CI runs it with the slow tests.
+def test_decode_benchmark_prints_a_row_per_model():
+  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  root = pathlib.Path(__file__).resolve().parents[1]
+  out = subprocess.run([sys.executable, '-m', 'experiments.bench_decode', '--sizes=tiny',
+                        '--seq_len=64', '--tokens=4', '--rounds=1'], cwd=root, env=env,
+                       check=True, capture_output=True, text=True, timeout=600).stdout
+  rows = [line.split() for line in out.splitlines() if line.startswith('tiny ')]
+  assert [r[1] for r in rows] == ['dense', *models.FAMILIES]
+  assert rows[0][-1] == '1.000' and all(float(r[-1]) > 0 and r[-2].endswith('x') for r in rows)
