@@ -144,6 +144,17 @@ def make_config(arm: str, *, size: str = 'cpu', P: int = 16, seed: int = 0,
   return config
 
 
+def define_sources_flags(per: str) -> None:
+  """The data sources, seeds and validation points of a grid whose runs differ by `per` (arm,
+  model): the flags paper_500k and zoo share."""
+  from absl import flags
+  flags.DEFINE_list('data', ['synthetic', str(pathlib.Path('..') / 'shared' / 'data' /
+                                              'tinyshakespeare.txt')],
+                    "Data sources: 'synthetic' and/or text files (one source per entry).")
+  flags.DEFINE_list('seeds', ['0', '1', '2'], f'Seeds (init and data order) per {per}.')
+  flags.DEFINE_integer('evals', 5, 'Validation points per run.', lower_bound=1)
+
+
 def define_grid_flags(name: str | None, *, tokens_help: str = 'Training tokens per run (500k, 10M, ...).',
                       set_default: Sequence[str] = (), timing: bool = True) -> None:
   """The flags every experiment shares: budget, size, overrides, where runs and report go."""
@@ -300,6 +311,26 @@ def cached_step_times(path: str | os.PathLike, configs: dict[str, ml_collections
   return step_s, note
 
 
+def time_grid(runs: Sequence[Run], root: str | os.PathLike, *, key: Callable[[Run], str],
+              group: Callable[[Run], str] = lambda run: run.group, rounds: int = 20,
+              steps_per_round: int = 3, devices=None, log: Callable[[str], None] = print
+              ) -> tuple[dict[str, dict[str, float]], dict[str, str]]:
+  """The interleaved step-time benchmark of a grid: per `group` of runs, the first config of
+  each `key` among the first seed's runs, timed together (`cached_step_times`, cached in
+  root/timing_<group>.json). Returns ({group: {key: seconds per step}}, {group: load note})."""
+  timing, notes = {}, {}
+  for name in dict.fromkeys(group(r) for r in runs):
+    configs = {}
+    for r in runs:
+      if group(r) == name and r.seed == runs[0].seed:
+        configs.setdefault(key(r), r.config)
+    log(f'Timing {", ".join(configs)} on {name} ({rounds} interleaved rounds) ...')
+    timing[name], notes[name] = cached_step_times(
+        pathlib.Path(root) / f'timing_{name}.json', configs, rounds=rounds,
+        steps_per_round=steps_per_round, devices=devices)
+  return timing, notes
+
+
 # --------------------------------------------------------------------------- probing a model
 
 
@@ -409,6 +440,15 @@ def compare(a: Sequence[float], b: Sequence[float]) -> dict[str, float]:
     t, p = (float(x) for x in stats.ttest_ind(a, b, equal_var=False))
   return {'diff': diff, 'noise': noise, 't': t, 'p': p,
           'within_noise': None if math.isnan(p) else bool(p >= ALPHA)}
+
+
+def tests_table(tests: dict[str, dict[str, float]]) -> str:
+  """A Markdown row per stated test (`compare`'s results, keyed by the difference's name)."""
+  rows = [[pair, fmt(t['diff'], sign=True), fmt(t['noise']), fmt(t['t'], 2), fmt(t['p'], 3),
+           {True: 'yes', False: '**no**', None: 'n/a'}[t['within_noise']]]
+          for pair, t in tests.items()]
+  return markdown_table(['difference', 'mean (nats)', 'seed std', 'Welch t', 'p', 'within noise'],
+                        rows)
 
 
 def fmt(x: float | None, digits: int = 4, sign: bool = False) -> str:

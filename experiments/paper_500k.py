@@ -345,12 +345,7 @@ def write(results, *, root: pathlib.Path, out_dir: pathlib.Path, command: str, t
       lines.append(f'Bayes-optimal loss on the same validation windows: {opt:.4f} nats/token.\n')
     if (timing_notes or {}).get(group):
       lines.append(f'Step-time benchmark: {timing_notes[group]}.\n')
-    rows = [[pair, common.fmt(t['diff'], sign=True), common.fmt(t['noise']),
-             common.fmt(t['t'], 2), common.fmt(t['p'], 3),
-             {True: 'yes', False: '**no**', None: 'n/a'}[t['within_noise']]]
-            for pair, t in s['tests'].items()]
-    lines.append(common.markdown_table(
-        ['difference', 'mean (nats)', 'seed std', 'Welch t', 'p', 'within noise'], rows))
+    lines.append(common.tests_table(s['tests']))
   lines.append('## Plots\n')
   lines.append(f'![validation loss]({plot_val(results, root, out_dir, groups, optima)})\n')
   if any(r['arm'] in ('coupled', 'slow_frozen') for r in results):
@@ -374,12 +369,8 @@ def run(*, name: str = 'paper_500k', data_specs: Sequence[str] = ('synthetic', s
   results = common.run_grid(runs, root, devices=devices, log=log)
   timing, notes = {}, {}
   if timing_rounds:
-    for group in dict.fromkeys(r.group for r in runs):
-      configs = {r.arm: r.config for r in runs if r.group == group and r.seed == seeds[0]}
-      log(f'Timing the arms on {group} ({timing_rounds} interleaved rounds) ...')
-      timing[group], notes[group] = common.cached_step_times(
-          root / f'timing_{group}.json', configs, rounds=timing_rounds,
-          steps_per_round=timing_steps, devices=devices)
+    timing, notes = common.time_grid(runs, root, key=lambda r: r.arm, rounds=timing_rounds,
+                                     steps_per_round=timing_steps, devices=devices, log=log)
   if not common.is_main_process():
     return out / 'report.md'
   title = f'Ablation grid at {common.tokens_label(tokens)} training tokens ({name})'
@@ -404,15 +395,11 @@ def main():
 
 def define_flags():
   from absl import flags
-  flags.DEFINE_list('data', ['synthetic', str(pathlib.Path('..') / 'shared' / 'data' /
-                                              'tinyshakespeare.txt')],
-                    "Data sources: 'synthetic' and/or text files (one source per entry).")
+  common.define_sources_flags('arm')
   flags.DEFINE_list('arms', list(models.ARMS), 'Arms of the grid.')
-  flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds (init and data order) per arm.')
   flags.DEFINE_integer('P', 16, 'Pooling period of the slow path.', lower_bound=1)
   flags.DEFINE_integer('checkpoints', 5, 'Checkpoints per run (slow-share trajectory points).',
                        lower_bound=1)
-  flags.DEFINE_integer('evals', 5, 'Validation points per run.', lower_bound=1)
   common.define_grid_flags(None)
   flags.adopt_module_key_flags(common)  # Listed in --help beside this module's own.
 

@@ -285,12 +285,7 @@ def write(results, *, root: pathlib.Path, out_dir: pathlib.Path, command: str, e
     lines.append(common.markdown_table(header, rows))
     if s['optimum'] is not None:
       lines.append(f'Bayes-optimal loss on the same validation windows: {s["optimum"]:.4f} nats.\n')
-    rows = [[pair, common.fmt(t['diff'], sign=True), common.fmt(t['noise']),
-             common.fmt(t['t'], 2), common.fmt(t['p'], 3),
-             {True: 'yes', False: '**no**', None: 'n/a'}[t['within_noise']]]
-            for pair, t in s['tests'].items()]
-    lines.append(common.markdown_table(
-        ['difference', 'mean (nats)', 'seed std', 'Welch t', 'p', 'within noise'], rows))
+    lines.append(common.tests_table(s['tests']))
   for source, note in timing_notes.items():
     lines.append(f'Step-time benchmark ({source}): {note}.\n')
   optima = {g: summary[g]['optimum'] for g in groups}
@@ -317,16 +312,10 @@ def run(*, name: str = 'zoo', data_specs: Sequence[str] = ('synthetic', str(comm
                     size=size, P=P, checkpoints=checkpoints, evals=evals, overrides=overrides)
   results = common.run_grid(runs, root, devices=devices, log=log)
   timing, notes = {}, {}
-  if timing_rounds:  # Per data source, on the first budget's configs of the first seed.
-    for group in dict.fromkeys(r.group for r in runs if r.seed == seeds[0]):
-      source = group.split('/')[0]
-      if source in timing:
-        continue
-      configs = {r.label: r.config for r in runs if r.group == group and r.seed == seeds[0]}
-      log(f'Timing the models on {source} ({timing_rounds} interleaved rounds) ...')
-      timing[source], notes[source] = common.cached_step_times(
-          root / f'timing_{source}.json', configs, rounds=timing_rounds,
-          steps_per_round=timing_steps, devices=devices)
+  if timing_rounds:  # Per data source, on the first budget's configs.
+    timing, notes = common.time_grid(runs, root, key=lambda r: r.label,
+                                     group=lambda r: r.group.split('/')[0], rounds=timing_rounds,
+                                     steps_per_round=timing_steps, devices=devices, log=log)
   if not common.is_main_process():
     return out / 'report.md'
   path = write(results, root=root, out_dir=out, command=command,
@@ -348,14 +337,10 @@ def main():
 
 def define_flags():
   from absl import flags
-  flags.DEFINE_list('data', ['synthetic', str(pathlib.Path('..') / 'shared' / 'data' /
-                                              'tinyshakespeare.txt')],
-                    "Data sources: 'synthetic' and/or text files (one source per entry).")
+  common.define_sources_flags('model')
   flags.DEFINE_list('families', list(models.FAMILIES), 'Families compared with dense.')
-  flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds (init and data order) per model.')
   flags.DEFINE_integer('P', 16, 'Pooling / shortening period.', lower_bound=1)
   flags.DEFINE_integer('checkpoints', 1, 'Checkpoints per run.', lower_bound=1)
-  flags.DEFINE_integer('evals', 5, 'Validation points per run.', lower_bound=1)
   common.define_grid_flags('zoo', tokens_help='Training budgets in tokens, comma-separated.')
   flags.FLAGS.set_default('tokens', ','.join(common.tokens_label(b) for b in BUDGETS))
   flags.adopt_module_key_flags(common)

@@ -12,6 +12,7 @@ Jacobian, random tokens, gate 0 == dense) runs unchanged on every family of the 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import chex
@@ -500,8 +501,9 @@ def test_random_tokens_loss_stays_at_log_vocab(monkeypatch, family, leaky):
 # =========================================================================== dtypes and backends
 
 
-def test_bf16_compute_with_fp32_params():
-  cfg = tiny(dtype='bfloat16', param_dtype='float32', gate='channel')
+@pytest.mark.parametrize('variant', ['fastslow-channel', 'compressed', 'hourglass-linear'])
+def test_bf16_compute_with_fp32_params(variant):
+  cfg = tiny(dtype='bfloat16', param_dtype='float32', **{'gate': 'channel', **VARIANTS[variant]})
   model = models.build(cfg, rngs=0)
   for path, v in flat_params(model).items():
     assert v.dtype == np.float32, path
@@ -518,19 +520,20 @@ def test_bf16_compute_with_fp32_params():
   chex.assert_shape(logits, (2, 32, VOCAB))
   chex.assert_tree_all_finite(logits)
   # Close to the same params run in float32 (bf16 has ~3 significant digits).
-  ref_cfg = tiny(gate='channel')
-  ref = models.build(ref_cfg, rngs=0)
+  ref = models.build(dataclasses.replace(cfg, dtype='float32'), rngs=0)
   nnx.update(ref, nnx.state(model, nnx.Param))
   ref_logits = forward_fn(ref)(tokens)
   np.testing.assert_allclose(logits, ref_logits, atol=0.1, rtol=0.05)
 
 
-@pytest.mark.parametrize('arm', ['dense', 'coupled'])
-def test_attention_backends_agree(arm):
+@pytest.mark.parametrize('arm,family', [('dense', 'fastslow'), ('coupled', 'fastslow'),
+                                         ('coupled', 'compressed'), ('coupled', 'hourglass')])
+def test_attention_backends_agree(arm, family):
   tokens = random_tokens(0, (2, 32))
   out = {}
   for impl in ('reference', 'xla'):
-    model = models.build(tiny(arm=arm, attention_impl=impl, gate='channel'), rngs=4)
+    model = models.build(tiny(arm=arm, attention_impl=impl, gate='channel', family=family),
+                         rngs=4)
     set_gates(model, 1.0)
     out[impl] = forward_fn(model)(tokens)
   np.testing.assert_allclose(out['xla'], out['reference'], atol=2e-5, rtol=2e-5)
