@@ -132,7 +132,8 @@ def evaluate(workdir: str, *, step: int | None = None, split: str = 'validation'
                                    num_batches or config.eval_batches)
   loss = result['loss']
   out = {
-      'step': step, 'split': split, 'arm': config.model.arm, 'P': config.model.P,
+      'step': step, 'split': split, 'family': config.model.get('family', 'fastslow'),
+      'arm': config.model.arm, 'P': config.model.P,
       'loss': loss, 'perplexity': math.exp(min(loss, 700.0)),
       **data.bits(dataset, loss), 'tokens': int(result['tokens']),
       'gate': models.gate_values(restored.params),

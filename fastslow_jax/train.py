@@ -160,8 +160,9 @@ def _run(config, setup: runtime.TrainSetup, run: RunDir, mngr, train_iter, val_d
   flops = models.flops_per_token(model_cfg)
   peak = metrics.peak_flops()
   if is_main:
-    logging.info('%s: %s params, %.3g train FLOPs/token (fast %.3g, slow %.3g); mesh %s; '
-                 'starting at step %d.', model_cfg.arm, f'{models.param_count(state.params):,}',
+    logging.info('%s %s: %s params, %.3g train FLOPs/token (fast %.3g, slow %.3g); mesh %s; '
+                 'starting at step %d.', model_cfg.family, model_cfg.arm,
+                 f'{models.param_count(state.params):,}',
                  flops.total, flops.fast, flops.slow, dict(setup.mesh.shape), step)
   bar = metrics.progress(config.total_steps, initial=step)
   guard = NonFiniteGuard(config, mngr)
