@@ -27,6 +27,10 @@ def slow_stream(rngs: nnx.Rngs) -> nnx.Rngs:
   return nnx.Rngs(params=jax.random.fold_in(rngs.params.key[...], SLOW_STREAM))
 
 
+def _dtypes(cfg: ModelConfig) -> dict:
+  return dict(dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype))
+
+
 class LanguageModel(nnx.Module):
   """What every model of the zoo is: tokens [B, T] int32 -> logits [B, T, V] float32.
 
@@ -37,13 +41,12 @@ class LanguageModel(nnx.Module):
   """
 
   def _init_input(self, cfg: ModelConfig, rngs: nnx.Rngs) -> None:
-    kw = dict(dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype), rngs=rngs)
-    self.embed = Embed(cfg.vocab_size, cfg.d_model, **kw)
+    self.embed = Embed(cfg.vocab_size, cfg.d_model, **_dtypes(cfg), rngs=rngs)
 
   def _init_output(self, cfg: ModelConfig, rngs: nnx.Rngs) -> None:
-    kw = dict(dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype), rngs=rngs)
-    self.final_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps, **kw)
-    self.head = None if cfg.tie_embeddings else LMHead(cfg.d_model, cfg.vocab_size, **kw)
+    self.final_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps, **_dtypes(cfg), rngs=rngs)
+    self.head = None if cfg.tie_embeddings else LMHead(cfg.d_model, cfg.vocab_size,
+                                                       **_dtypes(cfg), rngs=rngs)
 
   def __call__(self, tokens: jax.Array) -> jax.Array:
     """Logits [B, T, V] float32 of tokens [B, T] int32."""
