@@ -24,25 +24,7 @@ MINI = {'model.d_model': 32, 'model.num_layers': 1, 'model.num_heads': 2, 'model
         'data.num_train_windows': 64, 'data.num_val_windows': 16, 'eval_batches': 2}
 
 
-@pytest.fixture(scope='module', autouse=True)
-def compilation_cache(tmp_path_factory):
-  """A persistent XLA cache while this module runs: the miniatures' runs share most programs
-  (seeds of one arm, the step-time benchmark), and compiling dominates their time. Restored
-  afterwards; skipped where JAX's cache internals differ."""
-  try:
-    from jax._src import compilation_cache as cc
-    old = (jax.config.jax_compilation_cache_dir,
-           jax.config.jax_persistent_cache_min_compile_time_secs)
-  except (ImportError, AttributeError):
-    yield
-    return
-  jax.config.update('jax_compilation_cache_dir', str(tmp_path_factory.mktemp('jax_cache')))
-  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
-  cc.reset_cache()
-  yield
-  jax.config.update('jax_compilation_cache_dir', old[0])
-  jax.config.update('jax_persistent_cache_min_compile_time_secs', old[1])
-  cc.reset_cache()
+pytestmark = pytest.mark.usefixtures('compilation_cache')
 
 
 def one_device():

@@ -8,6 +8,8 @@ import pytest
 from experiments import common, zoo
 from fastslow_jax import models
 
+pytestmark = pytest.mark.usefixtures('compilation_cache')
+
 MINI = {'model.d_model': 32, 'model.num_layers': 2, 'model.num_heads': 2,
         'model.slow_num_heads': 2, 'model.mlp_dim': 64, 'model.phi_dim': 64, 'model.seq_len': 32,
         'model.compress_dim': 16, 'batch_size': 8, 'data.vocab_size': 16,
