@@ -2,12 +2,18 @@ r"""Step time, throughput, FLOP/s and memory: dense vs coupled, over T and P.
 
     python -m experiments.bench                      # small size, T in {256, 1024}, P in {8, 16, 32}
     python -m experiments.bench --size=124m --batch_size=32 --seq_lens=1024,2048
+    python -m experiments.bench --size=tiny --d_model=128 --num_layers=4 --num_heads=4 \
+        --mlp_dim=512 --seq_lens=64 --batch_size=12 --Ps= --steps=60   # the CPU throughput shape
 
 Each row is one jitted train step (forward, backward, AdamW) on random tokens, timed over
-`--steps` calls after `--warmup`, median reported; the rows of one T are timed round-robin. FLOP/s uses the analytic training count with
-causal attention counted honestly. Memory is XLA's compiled estimate (arguments + outputs +
-temporaries) and, where the device reports it, the measured peak. The last column is the step-time
-ratio of each coupled row to the dense row with the same T (target at P=16, T=1024: <= 1.05).
+`--steps` calls after `--warmup`, median reported; the rows of one T are timed round-robin, and
+between rounds a `--peak_n` square matmul in the compute dtype measures what one device's matmuls
+reach in the same process under the same load. FLOP/s uses the analytic training count with
+causal attention counted honestly; "of peak" is that over the measured matmul peak of all devices,
+MFU over the vendor's peak where the device has one. Memory is XLA's compiled estimate (arguments
++ outputs + temporaries) and, where the device reports it, the measured peak. The last column is
+the step-time ratio of each coupled row to the dense row with the same T (target at P=16, T=1024:
+<= 1.05). `--Ps=` (empty) times the dense row alone.
 """
 
 from __future__ import annotations
@@ -31,6 +37,16 @@ _IMPL = flags.DEFINE_enum('attention_impl', 'reference', list(models.ATTENTION_B
                           'Attention backend.')
 _DTYPE = flags.DEFINE_string('dtype', None, 'Compute dtype (default: the size\'s).')
 _MESH = flags.DEFINE_string('mesh', '-1,1,1', 'data,fsdp,tensor.')
+_D_MODEL = flags.DEFINE_integer('d_model', None, 'Model width (default: the size\'s).',
+                                lower_bound=1)
+_LAYERS = flags.DEFINE_integer('num_layers', None, 'Layers (default: the size\'s).', lower_bound=1)
+_HEADS = flags.DEFINE_integer('num_heads', None, 'Fast and slow attention heads (default: the '
+                              'size\'s).', lower_bound=1)
+_MLP = flags.DEFINE_integer('mlp_dim', None, 'SwiGLU hidden width, phi_theta\'s too (default: the '
+                            'size\'s).', lower_bound=1)
+_PEAK_N = flags.DEFINE_integer('peak_n', 2048, 'Side of the square matmul that measures the '
+                               'peak (0: none).', lower_bound=0)
+
 
 class Row:
   """One compiled configuration, ready to be timed a step at a time."""
@@ -42,6 +58,10 @@ class Row:
                  'mesh.tensor': tensor}
     if _DTYPE.value:
       overrides['model.dtype'] = _DTYPE.value
+    for flag, fields in ((_D_MODEL, ('d_model',)), (_LAYERS, ('num_layers',)),
+                         (_HEADS, ('num_heads', 'slow_num_heads')), (_MLP, ('mlp_dim', 'phi_dim'))):
+      if flag.value is not None:
+        overrides.update({f'model.{field}': flag.value for field in fields})
     config = runtime.resolve_config(configlib.load(
         f'fastslow:arm={arm},size={_SIZE.value},P={P}', overrides))
     self.setup = setup = runtime.TrainSetup(config)
@@ -63,7 +83,7 @@ class Row:
     if record:
       self.times.append(time.perf_counter() - start)
 
-  def result(self) -> dict:
+  def result(self, peak_matmul: float | None) -> dict:
     memory = self.compiled.memory_analysis()
     estimate = sum(getattr(memory, f, 0) or 0 for f in
                    ('argument_size_in_bytes', 'output_size_in_bytes', 'temp_size_in_bytes'))
@@ -74,37 +94,66 @@ class Row:
     peak = metrics.peak_flops()
     return {'arm': self.arm, 'T': self.T, 'P': self.P if self.arm != 'dense' else None,
             'step_s': step_s, 'steps_per_s': 1 / step_s, 'tokens_per_s': tokens_per_s,
-            'tflops_per_s': tokens_per_s * flops.total / 1e12,
+            'gflops_per_s': tokens_per_s * flops.total / 1e9,
             'mfu': tokens_per_s * flops.total / (peak * jax.device_count()) if peak else None,
+            'of_peak': (tokens_per_s * flops.total / (peak_matmul * jax.device_count())
+                        if peak_matmul else None),
             'slow_flop_share': flops.slow / flops.total, 'compile_s': self.compile_s,
             'mem_estimate_gib': estimate / 2**30,
             'mem_peak_gib': stats.get('peak_bytes_in_use', 0) / 2**30 or None,
             'params': models.param_count(self.state.params)}
 
 
-def bench_seq_len(T: int, Ps: list[int]) -> list[dict]:
+class MatmulPeak:
+  """FLOP/s of an n x n matmul in `dtype` on one device: what its matmuls reach on this machine
+  at this moment, timed between the train steps so that both see the same load."""
+
+  def __init__(self, n: int, dtype: str):
+    self.n, self.dtype = n, dtype
+    x = jax.random.normal(jax.random.key(0), (n, n), dtype)
+    self.matmul = jax.jit(lambda a: a @ a)
+    self.x = jax.block_until_ready(x)
+    jax.block_until_ready(self.matmul(self.x))  # Compile.
+    self.times: list[float] = []
+
+  def step(self, record: bool) -> None:
+    start = time.perf_counter()
+    jax.block_until_ready(self.matmul(self.x))
+    if record:
+      self.times.append(time.perf_counter() - start)
+
+  def flops_per_s(self) -> float:
+    return 2 * self.n**3 / statistics.median(self.times)
+
+
+def bench_seq_len(T: int, Ps: list[int]) -> tuple[list[dict], MatmulPeak | None]:
   """Dense and coupled at every P for one T, timed round-robin (A B C A B C ...) so that a
-  machine slowing down or speeding up affects every row alike and the ratios stay honest."""
-  rows = [Row('dense', T, Ps[0])] + [Row('coupled', T, P) for P in Ps]
+  machine slowing down or speeding up affects every row alike and the ratios stay honest; the
+  matmul peak (in the rows' compute dtype) is one more member of the round."""
+  # P has no effect on dense; any that divides T will do.
+  rows = [Row('dense', T, Ps[0] if Ps else 1)] + [Row('coupled', T, P) for P in Ps]
+  peak = MatmulPeak(_PEAK_N.value, rows[0].setup.model_config.dtype) if _PEAK_N.value else None
   for i in range(_WARMUP.value + _STEPS.value):
-    for row in rows:
+    for row in rows + ([peak] if peak else []):
       row.step(record=i >= _WARMUP.value)
-  return [row.result() for row in rows]
+  return [row.result(peak.flops_per_s() if peak else None) for row in rows], peak
 
 
 def format_table(rows: list[dict]) -> str:
   dense = {r['T']: r['step_s'] for r in rows if r['arm'] == 'dense'}
   header = (f'{"arm":<8} {"T":>5} {"P":>3} {"params":>11} {"step ms":>9} {"tok/s":>10} '
-            f'{"TFLOP/s":>8} {"MFU":>6} {"slow%":>6} {"mem GiB":>8} {"peak GiB":>8} {"vs dense":>8}')
+            f'{"GFLOP/s":>9} {"of peak":>7} {"MFU":>6} {"slow%":>6} {"mem GiB":>8} {"peak GiB":>8} '
+            f'{"vs dense":>8}')
   lines = [header, '-' * len(header)]
   for r in rows:
     ratio = r['step_s'] / dense[r['T']] if r['T'] in dense else float('nan')
     mfu = f'{r["mfu"]:.1%}' if r['mfu'] is not None else '-'
+    of_peak = f'{r["of_peak"]:.1%}' if r['of_peak'] is not None else '-'
     peak = f'{r["mem_peak_gib"]:.2f}' if r['mem_peak_gib'] else '-'
     lines.append(f'{r["arm"]:<8} {r["T"]:>5} {r["P"] or "-":>3} {r["params"]:>11,} '
-                 f'{r["step_s"] * 1e3:>9.1f} {r["tokens_per_s"]:>10,.0f} {r["tflops_per_s"]:>8.3f} '
-                 f'{mfu:>6} {r["slow_flop_share"]:>6.1%} {r["mem_estimate_gib"]:>8.3f} {peak:>8} '
-                 f'{ratio:>8.3f}')
+                 f'{r["step_s"] * 1e3:>9.1f} {r["tokens_per_s"]:>10,.0f} '
+                 f'{r["gflops_per_s"]:>9,.1f} {of_peak:>7} {mfu:>6} {r["slow_flop_share"]:>6.1%} '
+                 f'{r["mem_estimate_gib"]:>8.3f} {peak:>8} {ratio:>8.3f}')
   return '\n'.join(lines)
 
 
@@ -114,8 +163,13 @@ def main(argv):
         f'batch={_BATCH.value}, attention={_IMPL.value}')
   rows = []
   for T in (int(t) for t in _SEQ_LENS.value):
-    rows += bench_seq_len(T, [int(p) for p in _PS.value])
+    results, peak = bench_seq_len(T, [int(p) for p in _PS.value])
+    rows += results
     print(format_table(rows), flush=True)
+    if peak:
+      print(f'matmul peak ({peak.n}x{peak.n} {peak.dtype}, one device, median of '
+            f'{len(peak.times)}): {peak.flops_per_s() / 1e9:,.1f} GFLOP/s; "of peak" is each '
+            f'row\'s GFLOP/s over {jax.device_count()} x that.', flush=True)
 
 
 if __name__ == '__main__':
