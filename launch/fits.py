@@ -4,7 +4,8 @@ r"""Which size fits which TPU slice: compiles every size for every listed slice,
     python -m launch.fits --sizes=124m --topologies=v5e:2x2 --out=/tmp/FITS.md
 
 Each row is `python -m launch.aot_compile` of the coupled arm at the size's default config (its
-batch, remat policy, layer scan, mesh), run in its own process: compile seconds on this machine,
+batch, remat policy, layer scan, mesh), run in its own process: compile seconds on this machine
+(wall, and CPU seconds of all the compiler's threads, which hardly depend on the machine's load),
 generated code, per-device memory against the chip's HBM, and XLA's FLOPs of the step (loops
 unrolled) against the analytic count. Rows with the layer scan off show what scanning changes
 where it matters. Results are kept in `--cache_dir` (one JSON per row), so an interrupted run
@@ -82,7 +83,7 @@ def compile_row(size: str, topology: str, overrides: dict, cache: pathlib.Path,
 
 
 def _mib(num_bytes: float) -> str:
-  return f'{num_bytes / 2**20:,.1f} MiB'
+  return f'{num_bytes / 2**20:,.2f} MiB'
 
 
 def _gib(num_bytes: float) -> str:
@@ -93,8 +94,8 @@ def table(rows: list[dict]) -> str:
   """The Markdown table of the rows."""
   from fastslow_jax import configlib
 
-  head = ['size', 'slice', 'scan', 'remat', 'batch (accum)', 'compile', 'generated code',
-          'memory / device', 'HBM', 'fits', 'XLA / analytic FLOPs']
+  head = ['size', 'slice', 'scan', 'remat', 'batch (accum)', 'compile', 'compile CPU',
+          'generated code', 'memory / device', 'HBM', 'fits', 'XLA / analytic FLOPs']
   lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
   for r in rows:
     config = configlib.load(f'fastslow:arm=coupled,size={r["size"]}', r['overrides'])
@@ -102,13 +103,14 @@ def table(rows: list[dict]) -> str:
     batch = f'{config.batch_size} ({config.grad_accum_steps})'
     if r['status'] != 'compiled':
       lines.append(f'| {r["size"]} | {r["topology"]} | {scan} | {config.model.remat} | {batch} | '
-                   f'{r["wall_s"]:.0f} s | | | | no: {r["status"]} | |')
+                   f'{r["wall_s"]:.0f} s | | | | | no: {r["status"]} | |')
       continue
     ratio = (f'{r["xla_flops_unrolled"] / r["analytic_flops_full"]:.3f}'
              if r.get('xla_flops_unrolled') else 'n/a')
     fits = '' if r['fits'] is None else 'yes' if r['fits'] else '**no**'
     lines.append(f'| {r["size"]} | {r["topology"]} | {scan} | {config.model.remat} | {batch} | '
-                 f'{r["compile_s"]:.0f} s | {_mib(r["generated_code"])} | {_gib(r["total"])} | '
+                 f'{r["compile_s"]:.0f} s | {r["compile_cpu_s"]:.0f} s | '
+                 f'{_mib(r["generated_code"])} | {_gib(r["total"])} | '
                  f'{r["hbm_gib"]:g} GiB | {fits} | {ratio} |')
   return '\n'.join(lines) + '\n'
 
@@ -125,18 +127,21 @@ def main():
     bar.set_postfix_str(f'{size} on {topology}')
     rows.append(compile_row(size, topology, overrides, cache, f.timeout))
   now = datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')
-  text = (f'# Which size fits which slice\n\n```\npython -m launch.fits {" ".join(sys.argv[1:])}'
-          f'\n```\n\nGenerated {now} on {os.cpu_count()} CPU cores (compile times are this '
-          'machine\'s, shared with other work: read them as upper bounds). Coupled arm at each '
-          "size's default config (`fastslow_jax/configs/fastslow.py`: bf16 compute, FSDP over the "
-          'slice, its remat policy and layer scan), compiled by `python -m launch.aot_compile` '
-          'for compile-only devices of the slice (libtpu). "memory / device" is XLA\'s compiled '
+  command = ' '.join(['python -m launch.fits', *sys.argv[1:]])
+  text = (f'# Which size fits which slice\n\n```\n{command}\n```\n\nGenerated {now} on '
+          f'{os.cpu_count()} CPU cores shared with other work: '
+          '"compile" is wall seconds (read it as an upper bound), "compile CPU" the CPU seconds of '
+          'all the compiler\'s threads, which the load hardly changes. Coupled arm at each size\'s '
+          'default config (`fastslow_jax/configs/fastslow.py`: its batch, compute dtype, remat '
+          'policy and layer scan; data parallel below `124m`, FSDP over the slice from there), '
+          'compiled by `python -m launch.aot_compile` for compile-only devices of the slice '
+          '(libtpu; v5litepod-16 is the v5e:4x4 topology). "memory / device" is XLA\'s compiled '
           'estimate (arguments + outputs - aliased + temporaries + generated code) against the '
           'chip\'s HBM. "XLA / analytic FLOPs" compares XLA\'s count of the step with every loop '
           'unrolled (from the lowered program) against `models.flops_per_token` with attention '
           'counted as the masked T x T product the reference kernel executes; the excess is the '
-          'elementwise work the analytic count leaves out (softmax, norms, AdamW), plus the '
-          'forward recomputed under `full` remat is not in XLA\'s figure either way.\n\n'
+          'elementwise work the analytic count leaves out (softmax, norms, AdamW) and, under '
+          '`full` remat, the forward recomputed in the backward pass (a third more).\n\n'
           + table(rows))
   pathlib.Path(f.out).write_text(text)
   print(text)

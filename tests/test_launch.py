@@ -1,6 +1,7 @@
 """Launchers: syntax, lint, documented flags, argument errors, process control (local.sh), the
 TPU and SLURM launchers against stand-ins for gcloud / srun, and ahead-of-time compilation."""
 
+import json
 import os
 import pathlib
 import re
@@ -85,7 +86,8 @@ def test_help_documents_every_option(script):
 def test_readme_gives_the_command_of_every_launcher():
   readme = (LAUNCH / 'README.md').read_text()
   for command in ('launch/local.sh -n', 'launch/tpu_pod.sh --project=', 'sbatch',
-                  'launch/slurm_gpu.sbatch', 'python -m launch.aot_compile --topology='):
+                  'launch/slurm_gpu.sbatch', 'python -m launch.aot_compile --topology=',
+                  'python -m launch.fits'):
     assert command in readme, command
 
 
@@ -493,3 +495,57 @@ def test_aot_compile_for_tpu_compiles_or_skips_in_one_line():
     assert len(result.stdout.strip().splitlines()) == 1 and 'libtpu' in result.stdout
   else:
     assert '4 x TPU v5 lite (v5e:2x2)' in result.stdout and 'of 16 GiB HBM' in result.stdout
+
+
+# --------------------------------------------------------------------------- fits.py
+
+
+def test_fits_writes_its_table_from_cached_rows_without_compiling(tmp_path):
+  cache = tmp_path / 'cache'
+  cache.mkdir()
+  compiled = dict(status='compiled', generated_code=3 * 2**20, total=2**30, hbm_gib=16,
+                  compile_s=4.2, compile_cpu_s=6.3, xla_flops_unrolled=1.1e9,
+                  analytic_flops_full=1e9)
+  rows = {'tiny': {**compiled, 'fits': True}, 'small': {**compiled, 'fits': False},
+          '124m': {'status': 'does not fit', 'message': 'error: does not fit v5e:2x2'}}
+  for size, figures in rows.items():
+    figures.update(size=size, topology='v5e:2x2', overrides={}, wall_s=5.0)
+    (cache / f'{size}@v5e_2x2.json').write_text(json.dumps(figures))
+  out = tmp_path / 'FITS.md'
+  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  result = subprocess.run([sys.executable, '-m', 'launch.fits', '--sizes=tiny,small,124m',
+                           '--topologies=v5e:2x2', '--extra_rows=false', f'--cache_dir={cache}',
+                           f'--out={out}'], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+  assert result.returncode == 0, result.stderr[-2000:]
+  table = [line for line in out.read_text().splitlines() if line.startswith('| ')]
+  figures = '4 s | 6 s | 3.00 MiB | 1.00 GiB | 16 GiB'
+  assert table[1:] == [
+      f'| tiny | v5e:2x2 | off | none | 16 (1) | {figures} | yes | 1.100 |',
+      f'| small | v5e:2x2 | off | none | 32 (1) | {figures} | **no** | 1.100 |',
+      '| 124m | v5e:2x2 | on | full | 256 (1) | 5 s | | | | | no: does not fit | |']
+
+
+def committed_fits() -> list[dict]:
+  """The rows of launch/FITS.md as dicts keyed by the table's header."""
+  lines = [line for line in (LAUNCH / 'FITS.md').read_text().splitlines() if line.startswith('|')]
+  cells = [[cell.strip() for cell in line.strip('|').split('|')] for line in lines]
+  return [dict(zip(cells[0], row)) for row in cells[2:]]
+
+
+def test_committed_fits_covers_every_size_and_slice_and_every_size_fits_one():
+  """The committed table is the one launch.fits writes for its grid, and every size fits at its
+  default batch on at least one listed slice, with the remat policy named."""
+  from fastslow_jax import configlib, models
+  from launch import fits
+
+  rows = committed_fits()
+  for size in fits.SIZES:
+    config = configlib.load(f'fastslow:arm=coupled,size={size}')
+    default = [r for r in rows if r['size'] == size and r['slice'] in fits.TOPOLOGIES
+               and r['scan'] == ('on' if config.model.scan_layers else 'off')]
+    assert sorted(r['slice'] for r in default) == sorted(fits.TOPOLOGIES), size
+    fitting = [r for r in default if r['fits'] == 'yes'
+               and r['batch (accum)'] == f'{config.batch_size} ({config.grad_accum_steps})']
+    assert fitting, f'{size} fits no listed slice'
+    assert all(r['remat'] == config.model.remat in models.REMAT_POLICIES for r in fitting)
