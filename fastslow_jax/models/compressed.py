@@ -25,7 +25,8 @@ from flax import nnx
 from fastslow_jax.models import decoder, fastslow, flops
 from fastslow_jax.models.attention_kernels import masked_attention
 from fastslow_jax.models.config import ModelConfig
-from fastslow_jax.models.layers import KVCache, default_init, embed_init, param
+from fastslow_jax.models.layers import (KVCache, default_init, embed_init, param,
+                                        step_where_blocks_complete)
 
 Array = jax.Array
 
@@ -152,14 +153,12 @@ class CompressedBlock(fastslow.Block):
     completes = (positions + 1) % P == 0
     block = jnp.maximum((positions + 1) // P - 1, 0)
 
-    def compress_block(_):
+    def compress_block():
       kc, vc = self.slow.compress(open_k, open_v)  # [B, 1, H, hd]
-      new = KVCache(k=state.cache.k.at[rows, block].set(kc[:, 0]),
-                    v=state.cache.v.at[rows, block].set(vc[:, 0]))
-      keep = completes[:, None, None, None]
-      return jax.tree.map(lambda n, o: jnp.where(keep, n, o), new, state.cache)
+      return KVCache(k=state.cache.k.at[rows, block].set(kc[:, 0]),
+                     v=state.cache.v.at[rows, block].set(vc[:, 0])), ()
 
-    blocks = jax.lax.cond(completes.any(), compress_block, lambda _: state.cache, None)
+    blocks, _ = step_where_blocks_complete(completes, block, compress_block, state.cache, ())
     mask = visible_blocks(positions[:, None], P, blocks.k.shape[1])
     compressed = masked_attention(q0, blocks.k, blocks.v, mask)
     out = self.fast.output(full + self._gated(compressed))

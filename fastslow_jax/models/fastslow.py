@@ -21,7 +21,7 @@ from flax import nnx
 from fastslow_jax.models import decoder, flops
 from fastslow_jax.models.config import ModelConfig
 from fastslow_jax.models.layers import (CausalSelfAttention, KVCache, RMSNorm, SwiGLU, constrain,
-                                        param)
+                                        param, step_where_blocks_complete)
 
 Array = jax.Array
 
@@ -106,15 +106,13 @@ class SlowPath(nnx.Module):
     completes = (positions + 1) % self.P == 0
     block = jnp.maximum((positions + 1) // self.P - 1, 0)
 
-    def step_slow(_):
+    def step_slow():
       pooled = (block_sum / self.P).astype(x.dtype)[:, None]
       y, cache = self.attn.extend(pooled, state.cache, block[:, None])
-      keep = lambda new, old: jnp.where(completes.reshape(-1, *[1] * (new.ndim - 1)), new, old)
-      return (jax.tree.map(keep, cache, state.cache),
-              keep(self.phi(y)[:, 0], state.output))
+      return cache, self.phi(y)[:, 0]
 
-    cache, output = jax.lax.cond(completes.any(), step_slow, lambda _: (state.cache, state.output),
-                                 None)
+    cache, output = step_where_blocks_complete(completes, block, step_slow, state.cache,
+                                               state.output)
     block_sum = jnp.where(completes[:, None], 0.0, block_sum)
     return output[:, None], SlowState(cache=cache, block_sum=block_sum, output=output)
 

@@ -26,7 +26,7 @@ from flax import nnx
 
 from fastslow_jax.models import decoder, fastslow, flops
 from fastslow_jax.models.config import ModelConfig
-from fastslow_jax.models.layers import constrain, default_init, param
+from fastslow_jax.models.layers import constrain, default_init, param, step_where_blocks_complete
 
 Array = jax.Array
 
@@ -101,14 +101,13 @@ class Shortened(nnx.Module):
     open_group = state.open_group.at[rows, (positions - 1) % P].set(h[:, 0])
     completes = positions % P == 0
 
-    def step_inner(_):
+    def step_inner():
       z, caches = self.inner.decode(self.shorten(open_group[:, None]), state.caches,
                                     positions // P)
-      keep = lambda new, old: jnp.where(completes.reshape(-1, *[1] * (new.ndim - 1)), new, old)
-      return jax.tree.map(keep, caches, state.caches), keep(z[:, 0], state.output)
+      return caches, z[:, 0]
 
-    caches, output = jax.lax.cond(completes.any(), step_inner,
-                                  lambda _: (state.caches, state.output), None)
+    caches, output = step_where_blocks_complete(completes, positions // P, step_inner,
+                                                state.caches, state.output)
     per_token = self.expand(output[:, None], (positions % P)[:, None])
     return per_token, ShortState(caches=caches, open_group=open_group, output=output)
 

@@ -63,6 +63,28 @@ class KVCache:
   v: Array
 
 
+def step_where_blocks_complete(completes: Array, index: Array, step, caches, outputs):
+  """Decoding's once-per-block step: `step()` -> (updated caches, new outputs), taken for the
+  rows where `completes` [B] and run only when some row completes a block (`jax.lax.cond`).
+  `step` may change each cache leaf [B, L, ...] only at [row, index[row]]. The cond's branches
+  carry those entries and the outputs, not the caches, so a token that completes no block costs
+  a gather instead of a copy of every cache (coupled decoding 1.15x -> 0.95x of dense, `small`).
+  Returns (caches, outputs)."""
+  rows = jnp.arange(completes.shape[0])
+  entries = lambda tree: jax.tree.map(lambda leaf: leaf[rows, index], tree)
+  keep = lambda new, old: jnp.where(completes.reshape(-1, *[1] * (new.ndim - 1)), new, old)
+
+  def run(_):
+    new_caches, new_outputs = step()
+    return entries(new_caches), new_outputs
+
+  new_entries, new_outputs = jax.lax.cond(completes.any(), run,
+                                          lambda _: (entries(caches), outputs), None)
+  caches = jax.tree.map(lambda leaf, new: leaf.at[rows, index].set(keep(new, leaf[rows, index])),
+                        caches, new_entries)
+  return caches, jax.tree.map(keep, new_outputs, outputs)
+
+
 class Embed(nnx.Module):
   """Token embedding; `attend` reuses the table as a tied output head."""
 
