@@ -68,8 +68,7 @@ def step_where_blocks_complete(completes: Array, index: Array, step, caches, out
   rows where `completes` [B] and run only when some row completes a block (`jax.lax.cond`).
   `step` may change each cache leaf [B, L, ...] only at [row, index[row]]. The cond's branches
   carry those entries and the outputs, not the caches, so a token that completes no block costs
-  a gather instead of a copy of every cache (coupled decoding 1.15x -> 0.95x of dense, `small`).
-  Returns (caches, outputs)."""
+  a gather of one entry per row, never a copy of a cache. Returns (caches, outputs)."""
   rows = jnp.arange(completes.shape[0])
   entries = lambda tree: jax.tree.map(lambda leaf: leaf[rows, index], tree)
   keep = lambda new, old: jnp.where(completes.reshape(-1, *[1] * (new.ndim - 1)), new, old)
