@@ -99,11 +99,16 @@ def assert_same_model(unrolled, scanned) -> None:
     np.testing.assert_allclose(got[path], want[path], atol=1e-6, rtol=1e-5, err_msg=str(path))
 
 
+SLOW = pytest.mark.slow  # About 40 s each; the default suite keeps one of each kind.
+
+
 @pytest.mark.parametrize('family,arm,slow_layers', [
-    ('fastslow', 'dense', 'all'), ('fastslow', 'coupled', 'all'),
-    ('fastslow', 'gate_frozen', 'all'), ('fastslow', 'slow_frozen', 'all'),
-    ('fastslow', 'coupled', 'every:2'), ('compressed', 'coupled', 'every:2'),
+    ('fastslow', 'coupled', 'every:2'), ('fastslow', 'gate_frozen', 'all'),
     ('hourglass', 'coupled', 'all'),
+    pytest.param('fastslow', 'dense', 'all', marks=SLOW),
+    pytest.param('fastslow', 'coupled', 'all', marks=SLOW),
+    pytest.param('fastslow', 'slow_frozen', 'all', marks=SLOW),
+    pytest.param('compressed', 'coupled', 'every:2', marks=SLOW),
 ])
 def test_scanned_train_steps_equal_unrolled(family, arm, slow_layers):
   """Two steps of the real train step (AdamW, clipping, frozen arms) from the same seed; the
