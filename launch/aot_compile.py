@@ -37,24 +37,6 @@ from ml_collections import config_flags
 
 from fastslow_jax import cli
 
-_CONFIG = config_flags.DEFINE_config_file(
-    'config', None, 'Training config, as for fastslow_jax.train, e.g. '
-    'configs/fastslow.py:arm=coupled,size=1b; --config.<field>=<value> overrides.',
-    lock_config=True)
-_TOPOLOGY = flags.DEFINE_string(
-    'topology', None, "Target devices: a TPU topology '<generation>:<chips>' (v4:2x2x2, v5p:2x2x4, "
-    "v5e:4x4, v6e:2x4, tpu7x:2x2x1), a Cloud TPU accelerator type (v4-32, v5p-16, "
-    "v5litepod-16, v6e-8), a GPU model and count (h100:8, a100:2x8 for 2 hosts of 8; models: "
-    "launch/gpu_targets/), or 'cpu:N' for N local CPU devices.")
-_NUM_SLICES = flags.DEFINE_integer(
-    'num_slices', 1, 'TPU slices joined over DCN (multi-slice); set --config.mesh.dcn_data to the '
-    'same number so the data axis spans them.')
-_REMAT_POLICIES = flags.DEFINE_list(
-    'remat_policies', [], 'Compile once per remat policy (none, full, dots_saveable, minimal) and '
-    'compare their memory; default: the config\'s own.')
-_JSON_OUT = flags.DEFINE_string('json_out', None, 'Also write the figures as JSON (bytes, '
-                                'seconds, FLOPs) to this file, keyed by remat policy.')
-flags.mark_flags_as_required(['config', 'topology'])
 
 # Accelerator-type prefix -> (topology generation, cores per chip counted in the type: v4-32 is
 # 16 chips).
@@ -290,10 +272,32 @@ def compile_step(config, devices, topology: str):
   return setup, compiled, (time.perf_counter() - start, time.process_time() - start_cpu)
 
 
+def define_flags() -> None:
+  config_flags.DEFINE_config_file(
+      'config', None, 'Training config, as for fastslow_jax.train, e.g. '
+      'configs/fastslow.py:arm=coupled,size=1b; --config.<field>=<value> overrides.',
+      lock_config=True)
+  flags.DEFINE_string(
+      'topology', None, "Target devices: a TPU topology '<generation>:<chips>' (v4:2x2x2, "
+      "v5p:2x2x4, v5e:4x4, v6e:2x4, tpu7x:2x2x1), a Cloud TPU accelerator type (v4-32, v5p-16, "
+      "v5litepod-16, v6e-8), a GPU model and count (h100:8, a100:2x8 for 2 hosts of 8; models: "
+      "launch/gpu_targets/), or 'cpu:N' for N local CPU devices.")
+  flags.DEFINE_integer(
+      'num_slices', 1, 'TPU slices joined over DCN (multi-slice); set --config.mesh.dcn_data to '
+      'the same number so the data axis spans them.', lower_bound=1)
+  flags.DEFINE_list(
+      'remat_policies', [], 'Compile once per remat policy (none, full, dots_saveable, minimal) '
+      'and compare their memory; default: the config\'s own.')
+  flags.DEFINE_string('json_out', None, 'Also write the figures as JSON (bytes, seconds, FLOPs) '
+                      'to this file, keyed by remat policy.')
+  flags.mark_flags_as_required(['config', 'topology'])
+
+
 def main(argv) -> None:
   del argv
-  kind, shape = parse_topology(_TOPOLOGY.value)
-  devices = target_devices(kind, shape, _NUM_SLICES.value)
+  f = flags.FLAGS
+  kind, shape = parse_topology(f.topology)
+  devices = target_devices(kind, shape, f.num_slices)
   if devices is None:
     print(f'skipped: compiling for {kind}:{shape} needs '
           f'{"the JAX CUDA plugin" if kind in gpu_models() else "libtpu"}, which is not installed '
@@ -301,11 +305,11 @@ def main(argv) -> None:
     return
   from fastslow_jax import runtime
 
-  slices = f' x {_NUM_SLICES.value} slices' if _NUM_SLICES.value > 1 else ''
+  slices = f' x {f.num_slices} slices' if f.num_slices > 1 else ''
   topology = f'{kind}:{shape}{slices}'
   results = {}
-  for policy in _REMAT_POLICIES.value or [None]:
-    config = _CONFIG.value
+  for policy in f.remat_policies or [None]:
+    config = f.config
     if policy is not None:
       config.model.remat = policy
     config = runtime.resolve_config(config, num_devices=len(devices))
@@ -317,8 +321,8 @@ def main(argv) -> None:
     for policy, r in results.items():
       print(f'  {policy:<14} total {size(r["total"])}   temp {size(r["temp"])}'
             f'{"" if r["fits"] is None else "   fits" if r["fits"] else "   does not fit"}')
-  if _JSON_OUT.value:
-    pathlib.Path(_JSON_OUT.value).write_text(json.dumps(results, indent=1) + '\n')
+  if f.json_out:
+    pathlib.Path(f.json_out).write_text(json.dumps(results, indent=1) + '\n')
 
 
 def run(argv) -> None:
@@ -329,6 +333,9 @@ def run(argv) -> None:
 
 
 if __name__ == '__main__':
+  before = set(flags.FLAGS)
+  define_flags()
+  cli.check_flag_ranges(set(flags.FLAGS) - before)
   if {'-h', '--help', '--helpshort'} & set(sys.argv[1:]):  # absl's own --help exits 1.
     print(__doc__.strip() + '\n\nflags:\n' + flags.FLAGS.main_module_help().strip())
     sys.exit(0)
