@@ -32,9 +32,9 @@ def zoo_table(vocab_size: int = 64) -> str:
   lines = [f'{"family":<11} {"arm":<12} {"params":>9} {"trainable":>9} {"train GFLOP/tok":>15} '
            f'{"(slow share)":>12} {"forward":>16}']
   for family, spec in models.FAMILIES.items():
-    for arm in models.ARMS:
-      if (arm == 'gate_frozen' and not spec.gated) or (arm == 'dense' and family != 'fastslow'):
-        continue  # No gate to freeze; one dense baseline for every family.
+    for arm in spec.arms:
+      if arm == 'dense' and family != 'fastslow':
+        continue  # One dense baseline for every family.
       config = configlib.load(f'fastslow:family={family},arm={arm},size=tiny')
       config.model.vocab_size = vocab_size
       cfg = models.ModelConfig.from_mapping(config.model)

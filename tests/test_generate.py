@@ -83,7 +83,7 @@ def test_decode_equals_parallel_forward(kw):
 
 
 def _grid(family: str):
-  arms = [a for a in models.ARMS if a != 'gate_frozen' or models.FAMILIES[family].gated]
+  arms = models.FAMILIES[family].arms
   variants = {'fastslow': [dict(gate=g, slow_layers=s) for g in ('scalar', 'channel')
                            for s in ('all', 'every:2')],
               'compressed': [dict(slow_layers=s) for s in ('all', 'every:2')],

@@ -19,7 +19,7 @@ from typing import Any
 from fastslow_jax.configs import ranges
 from fastslow_jax.models import attention_backends, families
 
-ARMS = ('dense', 'coupled', 'gate_frozen', 'slow_frozen')
+ARMS = families.ARMS
 GATE_KINDS = ('scalar', 'channel')
 DTYPES = ('float32', 'bfloat16', 'float16')
 # What the backward pass keeps of a block (see `scan.SAVED_NAMES` for the named values).
@@ -78,10 +78,8 @@ class ModelConfig:
            f'choose one of {", ".join(REMAT_POLICIES)}')
     _check(self.arm in ARMS, 'arm', self.arm, f'choose one of {", ".join(ARMS)}')
     family = families.family(self.family)
-    if not family.gated:
-      arms = [a for a in ARMS if a != 'gate_frozen']
-      _check(self.arm != 'gate_frozen', 'arm', self.arm,
-             f'family {self.family!r} has no gate; choose one of {", ".join(arms)}')
+    _check(self.arm in family.arms, 'arm', self.arm,
+           f'family {self.family!r} has no gate; choose one of {", ".join(family.arms)}')
     if not family.slow_layers:
       _check(self.slow_layers == 'all', 'slow_layers', self.slow_layers,
              f"family {self.family!r} has no per-layer slow path; leave it at 'all'")

@@ -21,6 +21,11 @@ import importlib
 from types import ModuleType
 
 
+# The ablation arms (PAPER.md): `dense` (no slow path), `coupled` (the full model), the gate frozen
+# at 0, and the slow path frozen at its init.
+ARMS = ('dense', 'coupled', 'gate_frozen', 'slow_frozen')
+
+
 @dataclasses.dataclass(frozen=True)
 class Family:
   """What a family is and which ablation arms it has."""
@@ -29,6 +34,11 @@ class Family:
   about: str
   gated: bool  # Has a zero-initialised gate (the `gate_frozen` arm applies).
   slow_layers: bool = True  # `model.slow_layers` picks which layers carry its slow path.
+
+  @property
+  def arms(self) -> tuple[str, ...]:
+    """The arms this family has: every arm, less `gate_frozen` without a gate."""
+    return tuple(arm for arm in ARMS if arm != 'gate_frozen' or self.gated)
 
 
 FAMILIES: dict[str, Family] = {
