@@ -78,12 +78,18 @@ def parse_flags(argv):
     error(ValueError(message))
 
 
+def define_checked(*define_flags: Callable[[], None]) -> None:
+  """Calls each `define_flags`, then checks that every numeric flag they defined declares its
+  range (`check_flag_ranges`)."""
+  before = set(flags.FLAGS)
+  for define in define_flags:
+    define()
+  check_flag_ranges(set(flags.FLAGS) - before)
+
+
 def run(main: Callable[[], None], define_flags: Callable[[], None]) -> None:
   """Defines the flags, parses them, starts JAX's multi-process runtime if needed, runs `main`."""
-  before = set(flags.FLAGS)
-  define_flags()
-  distributed.define_flags()
-  check_flag_ranges(set(flags.FLAGS) - before)
+  define_checked(define_flags, distributed.define_flags)
 
   def wrapped(argv):
     del argv

@@ -333,9 +333,7 @@ def run(argv) -> None:
 
 
 if __name__ == '__main__':
-  before = set(flags.FLAGS)
-  define_flags()
-  cli.check_flag_ranges(set(flags.FLAGS) - before)
+  cli.define_checked(define_flags)
   if {'-h', '--help', '--helpshort'} & set(sys.argv[1:]):  # absl's own --help exits 1.
     print(__doc__.strip() + '\n\nflags:\n' + flags.FLAGS.main_module_help().strip())
     sys.exit(0)

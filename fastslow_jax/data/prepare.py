@@ -464,13 +464,11 @@ def main(argv) -> None:
 
 def run() -> None:
   """The command line: bad flags or input are one line on stderr and exit status 2."""
-  from absl import app, flags
+  from absl import app
 
   from fastslow_jax import cli
 
-  before = set(flags.FLAGS)
-  define_flags()
-  cli.check_flag_ranges(set(flags.FLAGS) - before)
+  cli.define_checked(define_flags)
 
   def wrapped(argv):
     cli.quiet_library_logs()
