@@ -28,6 +28,7 @@ from fastslow_jax.models import ModelConfig
 from fastslow_jax.models import compressed as compressed_mod
 from fastslow_jax.models import fastslow as fastslow_mod
 from fastslow_jax.models import hourglass as hourglass_mod
+from fastslow_jax.models import layers
 
 VOCAB = 64
 FAMILIES = tuple(models.FAMILIES)
@@ -173,6 +174,24 @@ def test_broadcast_completed_blocks_matches_naive(P, T):
   np.testing.assert_array_equal(got[:, :min(P - 1, T)], 0.0)
   if T >= P:
     np.testing.assert_array_equal(got[:, P - 1], y[:, 0])
+
+
+@pytest.mark.parametrize('S', [1, 5])
+@pytest.mark.parametrize('weight_shape', [(6, 2, 3), (6, 4)])
+def test_side_by_side_matmuls_equal_one_matmul_per_weight(S, weight_shape):
+  """Stacked (S > 1) or not (a decoding step), each output is x times its own weight; the stacked
+  form is one dot in the program (which is what it is for), the decoding form one per weight."""
+  keys = jax.random.split(jax.random.key(S), 4)
+  x = jax.random.normal(keys[0], (2, S, 6))
+  weights = tuple(jax.random.normal(k, weight_shape) for k in keys[1:])
+  got = layers.side_by_side_matmuls(x, weights, jnp.float32)
+  assert len(got) == len(weights)
+  for out, w in zip(got, weights):
+    np.testing.assert_allclose(out, jnp.tensordot(x, w, axes=1), rtol=1e-5, atol=1e-5)
+  jaxpr = jax.make_jaxpr(layers.side_by_side_matmuls, static_argnums=2)(
+      x, weights, jnp.float32)
+  dots = [e for e in jaxpr.eqns if e.primitive.name == 'dot_general']
+  assert len(dots) == (len(weights) if S == 1 else 1)
 
 
 def test_slow_path_reads_only_complete_blocks():

@@ -40,6 +40,22 @@ def constrain(x: Array, axes: tuple[str | None, ...]) -> Array:
   return jax.lax.with_sharding_constraint(x, spec)
 
 
+def side_by_side_matmuls(x: Array, weights: tuple[Array, ...], dtype) -> tuple[Array, ...]:
+  """x [..., S, D] times each of `weights` (one shape, [D, ...]) in `dtype`, as one matmul
+  against the weights stacked: one kernel instead of len(weights) in each of the forward,
+  backward and rematerialised passes. Stacking the query, key and value projections and SwiGLU's
+  gate and up takes 124m's TPU program for v5e:2x2 from 57 to 42 MiB of generated code
+  (launch/FITS.md); CPU train steps are as fast. A decoding step (S == 1) keeps one matmul per
+  weight, since there the stack would copy every weight for each new token.
+  """
+  weights = tuple(w.astype(dtype) for w in weights)
+  if x.shape[-2] == 1:
+    return tuple(jnp.tensordot(x, w, axes=1) for w in weights)
+  stacked = jnp.tensordot(x, jnp.stack(weights, axis=1), axes=1)  # [..., S, len(weights), ...]
+  return tuple(jax.lax.index_in_dim(stacked, i, axis=x.ndim - 1, keepdims=False)
+               for i in range(len(weights)))
+
+
 # --------------------------------------------------------------------------- rotary positions
 
 
@@ -162,8 +178,8 @@ class CausalSelfAttention(nnx.Module):
 
   def project(self, x: Array) -> tuple[Array, Array, Array]:
     """Queries, keys and values [B, T, H, head_dim] of x [B, T, D], before rotary positions."""
-    cast = lambda w: w[...].astype(self.dtype)
-    return tuple(jnp.einsum('btd,dhk->bthk', x, cast(w)) for w in (self.wq, self.wk, self.wv))
+    q, k, v = side_by_side_matmuls(x, (self.wq[...], self.wk[...], self.wv[...]), self.dtype)
+    return q, k, v
 
   def rotate(self, q: Array, k: Array, positions: Array) -> tuple[Array, Array]:
     """Rotary positions on queries and keys at `positions` [T] or [B, T]."""
@@ -202,9 +218,9 @@ class SwiGLU(nnx.Module):
     self.output_name = output_name  # What remat policies call the output (`checkpoint_name`).
 
   def __call__(self, x: Array) -> Array:
-    cast = lambda w: w[...].astype(self.dtype)
-    h = jax.nn.silu(x @ cast(self.w_gate)) * (x @ cast(self.w_up))
-    return checkpoint_name(h @ cast(self.w_down), self.output_name)
+    gate, up = side_by_side_matmuls(x, (self.w_gate[...], self.w_up[...]), self.dtype)
+    h = jax.nn.silu(gate) * up
+    return checkpoint_name(h @ self.w_down[...].astype(self.dtype), self.output_name)
 
 
 class LMHead(nnx.Module):
