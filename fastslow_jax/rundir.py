@@ -2,7 +2,7 @@
 
     WORKDIR/config.json              the resolved config the run trained with
     WORKDIR/metrics.jsonl            one JSON record per logged step (process 0)
-    WORKDIR/tensorboard/             TensorBoard event files of the same metrics
+    WORKDIR/tensorboard/             TensorBoard event files of the same metrics, and profiles
     WORKDIR/checkpoints/<step>/      Orbax checkpoints (see `checkpointing`)
     WORKDIR/eval_<split>_<step>.json results of `fastslow_jax.evaluate`
 

@@ -168,10 +168,13 @@ def _run(config, setup: runtime.TrainSetup, run: RunDir, mngr, train_iter, val_d
   guard = NonFiniteGuard(config, mngr)
   last: dict[str, Any] = {}
   tick, steps_since = time.perf_counter(), 0
-  with setup.activate(), StopSignals() as stop, metrics.MetricsWriter(run) as writer:
+  with (setup.activate(), StopSignals() as stop, metrics.MetricsWriter(run) as writer,
+        StepProfiler(config, str(run.tensorboard)) as profiler):
     while step < end:
+      profiler.before_step(step + 1)
       state, step_metrics = train_step(state, setup.global_batch(next(train_iter)))
       step, steps_since = step + 1, steps_since + 1
+      profiler.after_step(step, state)
       guard.push(step, step_metrics)  # Checks the previous step: dispatch stays ahead.
       bar.update(1)
       if stop.requested(mngr, step):
@@ -210,6 +213,43 @@ def _step_record(setup: runtime.TrainSetup, state, step: int, step_metrics, *, s
           'tokens_per_sec': tokens_per_sec, 'steps_per_sec': steps / seconds,
           'gflops_per_device': achieved / 1e9, 'mfu': achieved / peak if peak else None,
           'gate': models.gate_values(state.params)}
+
+
+class StepProfiler:
+  """A `jax.profiler` trace of training steps `config.profile_start_step` to that plus
+  `config.profile_steps` - 1 (steps numbered as in the metrics; 0: no trace) into `logdir`. The
+  run's tensorboard directory shows it in TensorBoard's Profile tab beside the metrics (Perfetto
+  opens it too); every process traces its own devices. A run resumed past the start traces
+  nothing; one that ends inside the window stops the trace there."""
+
+  def __init__(self, config: ml_collections.ConfigDict, logdir: str):
+    self.first = config.profile_start_step
+    self.last = self.first + config.profile_steps - 1
+    self.logdir, self.active = logdir, False
+
+  def __enter__(self) -> StepProfiler:
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.stop()
+
+  def before_step(self, step: int) -> None:
+    """Called before the step that will be numbered `step` runs."""
+    if self.first and step == self.first:
+      jax.profiler.start_trace(self.logdir)
+      self.active = True
+
+  def after_step(self, step: int, state) -> None:
+    """Called once step `step` has been dispatched (its results in `state`)."""
+    if self.active and step >= self.last:
+      self.stop(state)
+
+  def stop(self, state=None) -> None:
+    if self.active:
+      jax.block_until_ready(state)  # The window's steps run inside the trace.
+      jax.profiler.stop_trace()
+      self.active = False
+      logging.info('Profile of steps %d-%d written under %s.', self.first, self.last, self.logdir)
 
 
 class NonFiniteGuard:

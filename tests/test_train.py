@@ -100,6 +100,15 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path):
   np.testing.assert_allclose(list(runs[2].values()), list(runs[1].values()), rtol=1e-5)
 
 
+def test_profile_traces_the_configured_steps_into_tensorboard(tmp_path):
+  train.train(tiny_config(total_steps=4, profile_start_step=2, profile_steps=2), tmp_path / 'on')
+  traces = list((tmp_path / 'on' / 'tensorboard' / 'plugins' / 'profile').glob('*/*.xplane.pb'))
+  assert len(traces) == 1, traces
+  assert b'jit_step' in traces[0].read_bytes()  # The train step ran inside the trace.
+  train.train(tiny_config(total_steps=2), tmp_path / 'off')  # Default: no trace.
+  assert not (tmp_path / 'off' / 'tensorboard' / 'plugins').exists()
+
+
 @pytest.mark.parametrize('arm,frozen', [('slow_frozen', 'slow'), ('gate_frozen', 'gate')])
 def test_frozen_arms_hold_their_parameters(arm, frozen):
   config = runtime.resolve_config(tiny_config(arm))

@@ -92,5 +92,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.eval_batches = 8
   config.checkpoint_every = 100
   config.keep_checkpoints = 3
+  # A jax.profiler trace of this many steps from profile_start_step (0: none), in the run's
+  # tensorboard directory (TensorBoard's Profile tab).
+  config.profile_start_step = 0
+  config.profile_steps = 5
   config.lock()
   return config

@@ -89,6 +89,8 @@ RANGES: Mapping[str, Range] = {
     'eval_batches': _POSITIVE_INT,
     'checkpoint_every': _POSITIVE_INT,
     'keep_checkpoints': _POSITIVE_INT,
+    'profile_start_step': _int(1, special=((0, 'no profile'),)),
+    'profile_steps': _POSITIVE_INT,
     # Model (`models.ModelConfig` checks its fields against these too).
     'model.vocab_size': _int(1, special=((-1, 'taken from the data'),)),
     'model.seq_len': _POSITIVE_INT,
