@@ -225,7 +225,7 @@ class StepProfiler:
   def __init__(self, config: ml_collections.ConfigDict, logdir: str):
     self.first = config.profile_start_step
     self.last = self.first + config.profile_steps - 1
-    self.logdir, self.active = logdir, False
+    self.logdir, self.active, self.traced = logdir, False, 0  # traced: last step in the trace.
 
   def __enter__(self) -> StepProfiler:
     return self
@@ -241,15 +241,18 @@ class StepProfiler:
 
   def after_step(self, step: int, state) -> None:
     """Called once step `step` has been dispatched (its results in `state`)."""
-    if self.active and step >= self.last:
-      self.stop(state)
+    if self.active:
+      self.traced = step
+      if step >= self.last:
+        self.stop(state)
 
   def stop(self, state=None) -> None:
     if self.active:
       jax.block_until_ready(state)  # The window's steps run inside the trace.
       jax.profiler.stop_trace()
       self.active = False
-      logging.info('Profile of steps %d-%d written under %s.', self.first, self.last, self.logdir)
+      logging.info('Profile of steps %d-%d written under %s.', self.first, self.traced,
+                   self.logdir)
 
 
 class NonFiniteGuard:

@@ -101,6 +101,9 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path):
 
 
 def test_profile_traces_the_configured_steps_into_tensorboard(tmp_path):
+  # A run that ends inside the window stops its trace (else the next start_trace would fail).
+  train.train(tiny_config(total_steps=3, profile_start_step=2, profile_steps=5), tmp_path / 'short')
+  assert list((tmp_path / 'short' / 'tensorboard').glob('plugins/profile/*/*.xplane.pb'))
   train.train(tiny_config(total_steps=4, profile_start_step=2, profile_steps=2), tmp_path / 'on')
   traces = list((tmp_path / 'on' / 'tensorboard' / 'plugins' / 'profile').glob('*/*.xplane.pb'))
   assert len(traces) == 1, traces

@@ -178,8 +178,7 @@ class CausalSelfAttention(nnx.Module):
 
   def project(self, x: Array) -> tuple[Array, Array, Array]:
     """Queries, keys and values [B, T, H, head_dim] of x [B, T, D], before rotary positions."""
-    q, k, v = side_by_side_matmuls(x, (self.wq[...], self.wk[...], self.wv[...]), self.dtype)
-    return q, k, v
+    return side_by_side_matmuls(x, (self.wq[...], self.wk[...], self.wv[...]), self.dtype)
 
   def rotate(self, q: Array, k: Array, positions: Array) -> tuple[Array, Array]:
     """Rotary positions on queries and keys at `positions` [T] or [B, T]."""
