@@ -14,6 +14,12 @@ MFU over the vendor's peak where the device has one. Memory is XLA's compiled es
 + outputs + temporaries) and, where the device reports it, the measured peak. The last column is
 the step-time ratio of each coupled row to the dense row with the same T (target at P=16, T=1024:
 <= 1.05). `--Ps=` (empty) times the dense row alone.
+
+On one device each row's matmuls are also timed alone ("mm ms"; `--nomatmuls_alone` skips it):
+every dot_general of its train step, on random operands of the same shapes, one after another in
+one program, as one more member of the round. A step runs those matmuls and more, so its FLOPs
+over that time ("ceiling") bound its "of peak" by what the matmul kernels reach at the step's
+shapes rather than at the peak's.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import statistics
 import time
 
 import jax
+import jax.extend.core
 import numpy as np
 from absl import app, flags
 
@@ -46,6 +53,8 @@ _MLP = flags.DEFINE_integer('mlp_dim', None, 'SwiGLU hidden width, phi_theta\'s 
                             'size\'s).', lower_bound=1)
 _PEAK_N = flags.DEFINE_integer('peak_n', 2048, 'Side of the square matmul that measures the '
                                'peak (0: none).', lower_bound=0)
+_MATMULS_ALONE = flags.DEFINE_boolean('matmuls_alone', True, 'Also time each row\'s matmuls '
+                                      'alone, one at a time (the "ceiling" column).')
 
 
 class Row:
@@ -83,7 +92,7 @@ class Row:
     if record:
       self.times.append(time.perf_counter() - start)
 
-  def result(self, peak_matmul: float | None) -> dict:
+  def result(self, peak_matmul: float | None, alone: MatmulsAlone | None) -> dict:
     memory = self.compiled.memory_analysis()
     estimate = sum(getattr(memory, f, 0) or 0 for f in
                    ('argument_size_in_bytes', 'output_size_in_bytes', 'temp_size_in_bytes'))
@@ -101,59 +110,128 @@ class Row:
             'slow_flop_share': flops.slow / flops.total, 'compile_s': self.compile_s,
             'mem_estimate_gib': estimate / 2**30,
             'mem_peak_gib': stats.get('peak_bytes_in_use', 0) / 2**30 or None,
-            'params': models.param_count(self.state.params)}
+            'params': models.param_count(self.state.params),
+            'matmuls_s': statistics.median(alone.times) if alone else None,
+            'ceiling': (flops.total * self.batch * self.T / statistics.median(alone.times)
+                        / peak_matmul if alone and peak_matmul else None)}
 
 
-class MatmulPeak:
+def step_matmuls(jaxpr: jax.extend.core.Jaxpr, repeats: int = 1) -> list:
+  """The dot_general equations `jaxpr` runs, one entry per execution: a scan's body counts
+  `length` times, a cond only its costliest branch."""
+  found = []
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == 'dot_general':
+      found += [eqn] * repeats
+    subs = [step_matmuls(sub, repeats * (eqn.params['length'] if eqn.primitive.name == 'scan'
+                                         else 1))
+            for sub in jax.extend.core.jaxprs_in_params(eqn.params)]
+    if eqn.primitive.name == 'cond' and subs:
+      subs = [max(subs, key=lambda eqns: sum(map(matmul_flops, eqns)))]
+    found += [e for sub in subs for e in sub]
+  return found
+
+
+def matmul_flops(eqn) -> int:
+  lhs, rhs = (v.aval.shape for v in eqn.invars)
+  (_, rhs_contracting), (_, rhs_batch) = eqn.params['dimension_numbers']
+  rhs_free = [n for d, n in enumerate(rhs) if d not in (*rhs_contracting, *rhs_batch)]
+  return 2 * int(np.prod(lhs)) * int(np.prod(rhs_free))
+
+
+class Timed:
+  """A compiled program and its arguments, timed one call at a time beside the rows."""
+
+  def __init__(self, program, *args):
+    self.program, self.args = program, args
+    jax.block_until_ready(program(*args))  # Compiles where `program` is only jitted.
+    self.times: list[float] = []
+
+  def step(self, record: bool) -> None:
+    start = time.perf_counter()
+    jax.block_until_ready(self.program(*self.args))
+    if record:
+      self.times.append(time.perf_counter() - start)
+
+
+class MatmulsAlone(Timed):
+  """A row's matmuls alone: every dot_general of its train step, on random operands of the same
+  shapes and dtypes, run one after another in one program. Their time is what this machine's
+  matmul kernels need for the step's matmuls with nothing else running beside them, so the
+  step's FLOPs over it bound the step's fraction of the peak (the "ceiling" column)."""
+
+  def __init__(self, row: Row):
+    with row.setup.activate():
+      jaxpr = jax.make_jaxpr(row.setup.train_step_fn())(row.state, row.tokens).jaxpr
+    eqns = step_matmuls(jaxpr)
+    rng = np.random.default_rng(0)
+    operands = [tuple(jax.numpy.asarray(rng.standard_normal(v.aval.shape), v.aval.dtype)
+                      for v in eqn.invars) for eqn in eqns]
+    specs = [(eqn.params['dimension_numbers'], eqn.params['preferred_element_type'])
+             for eqn in eqns]
+    self.count, self.flops = len(eqns), sum(map(matmul_flops, eqns))
+
+    def run(operands):
+      outputs, last = [], jax.numpy.zeros(())
+      for (lhs, rhs), (dimension_numbers, dtype) in zip(operands, specs):
+        # The barrier makes each matmul wait for the one before: one at a time, each on every core.
+        lhs, rhs, _ = jax.lax.optimization_barrier((lhs, rhs, last))
+        last = jax.lax.dot_general(lhs, rhs, dimension_numbers, preferred_element_type=dtype)
+        outputs.append(last)
+      return outputs
+
+    super().__init__(jax.jit(run).lower(operands).compile(
+        runtime.compiler_options(jax.devices()[:1])), operands)
+
+
+class MatmulPeak(Timed):
   """FLOP/s of an n x n matmul in `dtype` on one device: what its matmuls reach on this machine
   at this moment, timed between the train steps so that both see the same load."""
 
   def __init__(self, n: int, dtype: str):
     self.n, self.dtype = n, dtype
-    x = jax.random.normal(jax.random.key(0), (n, n), dtype)
-    self.matmul = jax.jit(lambda a: a @ a)
-    self.x = jax.block_until_ready(x)
-    jax.block_until_ready(self.matmul(self.x))  # Compile.
-    self.times: list[float] = []
-
-  def step(self, record: bool) -> None:
-    start = time.perf_counter()
-    jax.block_until_ready(self.matmul(self.x))
-    if record:
-      self.times.append(time.perf_counter() - start)
+    x = jax.block_until_ready(jax.random.normal(jax.random.key(0), (n, n), dtype))
+    super().__init__(jax.jit(lambda a: a @ a), x)
 
   def flops_per_s(self) -> float:
     return 2 * self.n**3 / statistics.median(self.times)
 
 
-def bench_seq_len(T: int, Ps: list[int]) -> tuple[list[dict], MatmulPeak | None]:
+def bench_seq_len(T: int, Ps: list[int]):
   """Dense and coupled at every P for one T, timed round-robin (A B C A B C ...) so that a
   machine slowing down or speeding up affects every row alike and the ratios stay honest; the
   matmul peak (in the rows' compute dtype) is one more member of the round."""
   # P has no effect on dense; any that divides T will do.
   rows = [Row('dense', T, Ps[0] if Ps else 1)] + [Row('coupled', T, P) for P in Ps]
   peak = MatmulPeak(_PEAK_N.value, rows[0].setup.model_config.dtype) if _PEAK_N.value else None
+  # Matmuls alone run on one device: on a mesh of several they would not be the step's.
+  alone = ([MatmulsAlone(row) for row in rows] if _MATMULS_ALONE.value and jax.device_count() == 1
+           else [None] * len(rows))
   for i in range(_WARMUP.value + _STEPS.value):
-    for row in rows + ([peak] if peak else []):
-      row.step(record=i >= _WARMUP.value)
-  return [row.result(peak.flops_per_s() if peak else None) for row in rows], peak
+    for member in rows + [a for a in alone if a] + ([peak] if peak else []):
+      member.step(record=i >= _WARMUP.value)
+  return [row.result(peak.flops_per_s() if peak else None, a)
+          for row, a in zip(rows, alone)], peak, alone
 
 
 def format_table(rows: list[dict]) -> str:
   dense = {r['T']: r['step_s'] for r in rows if r['arm'] == 'dense'}
   header = (f'{"arm":<8} {"T":>5} {"P":>3} {"params":>11} {"step ms":>9} {"tok/s":>10} '
-            f'{"GFLOP/s":>9} {"of peak":>7} {"MFU":>6} {"slow%":>6} {"mem GiB":>8} {"peak GiB":>8} '
-            f'{"vs dense":>8}')
+            f'{"GFLOP/s":>9} {"of peak":>7} {"ceiling":>7} {"mm ms":>7} {"MFU":>6} {"slow%":>6} '
+            f'{"mem GiB":>8} {"peak GiB":>8} {"vs dense":>8}')
   lines = [header, '-' * len(header)]
   for r in rows:
     ratio = r['step_s'] / dense[r['T']] if r['T'] in dense else float('nan')
     mfu = f'{r["mfu"]:.1%}' if r['mfu'] is not None else '-'
     of_peak = f'{r["of_peak"]:.1%}' if r['of_peak'] is not None else '-'
+    ceiling = f'{r["ceiling"]:.1%}' if r['ceiling'] is not None else '-'
+    matmuls = f'{r["matmuls_s"] * 1e3:.1f}' if r['matmuls_s'] is not None else '-'
     peak = f'{r["mem_peak_gib"]:.2f}' if r['mem_peak_gib'] else '-'
     lines.append(f'{r["arm"]:<8} {r["T"]:>5} {r["P"] or "-":>3} {r["params"]:>11,} '
                  f'{r["step_s"] * 1e3:>9.1f} {r["tokens_per_s"]:>10,.0f} '
-                 f'{r["gflops_per_s"]:>9,.1f} {of_peak:>7} {mfu:>6} {r["slow_flop_share"]:>6.1%} '
-                 f'{r["mem_estimate_gib"]:>8.3f} {peak:>8} {ratio:>8.3f}')
+                 f'{r["gflops_per_s"]:>9,.1f} {of_peak:>7} {ceiling:>7} {matmuls:>7} {mfu:>6} '
+                 f'{r["slow_flop_share"]:>6.1%} {r["mem_estimate_gib"]:>8.3f} {peak:>8} '
+                 f'{ratio:>8.3f}')
   return '\n'.join(lines)
 
 
@@ -163,13 +241,20 @@ def main(argv):
         f'batch={_BATCH.value}, attention={_IMPL.value}')
   rows = []
   for T in (int(t) for t in _SEQ_LENS.value):
-    results, peak = bench_seq_len(T, [int(p) for p in _PS.value])
+    results, peak, alone = bench_seq_len(T, [int(p) for p in _PS.value])
     rows += results
     print(format_table(rows), flush=True)
     if peak:
       print(f'matmul peak ({peak.n}x{peak.n} {peak.dtype}, one device, median of '
             f'{len(peak.times)}): {peak.flops_per_s() / 1e9:,.1f} GFLOP/s; "of peak" is each '
             f'row\'s GFLOP/s over {jax.device_count()} x that.', flush=True)
+    for r, a in zip(results, alone):
+      if a:
+        name = f'{r["arm"]} T={T}' + (f' P={r["P"]}' if r['P'] else '')
+        print(f'Matmuls alone, {name}: its {a.count} matmuls ({a.flops / 1e9:.2f} GFLOP), one '
+              f'at a time with nothing beside them, take {r["matmuls_s"] * 1e3:.1f} ms ("mm ms"); '
+              f'"ceiling" is the row\'s FLOPs in that time over the peak: the most "of peak" '
+              f'this machine\'s matmul kernels allow the step.', flush=True)
 
 
 if __name__ == '__main__':

@@ -207,10 +207,13 @@ class TrainSetup(ModelSetup):
   def abstract_state_with_sharding(self) -> TrainState:
     return checkpointing.abstract_with_shardings(self.abstract_state, self.state_sharding)
 
-  def compile_train_step(self, global_batch: int):
-    step = make_train_step(self.graphdef, self.tx, self.config.grad_accum_steps,
+  def train_step_fn(self):
+    """The train step, not yet jitted: (state, tokens) -> (state, metrics)."""
+    return make_train_step(self.graphdef, self.tx, self.config.grad_accum_steps,
                            self.batch_sharding)
-    jitted = jax.jit(step, in_shardings=(self.state_sharding, self.batch_sharding),
+
+  def compile_train_step(self, global_batch: int):
+    jitted = jax.jit(self.train_step_fn(), in_shardings=(self.state_sharding, self.batch_sharding),
                      out_shardings=(self.state_sharding, sharding.replicated(self.mesh)),
                      donate_argnums=0)
     tokens = jax.ShapeDtypeStruct((global_batch, self.model_config.seq_len + 1), jnp.int32,
