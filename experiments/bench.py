@@ -28,7 +28,6 @@ import statistics
 import time
 
 import jax
-import jax.extend.core
 import numpy as np
 from absl import app, flags
 
@@ -116,29 +115,6 @@ class Row:
                         / peak_matmul if alone and peak_matmul else None)}
 
 
-def step_matmuls(jaxpr: jax.extend.core.Jaxpr, repeats: int = 1) -> list:
-  """The dot_general equations `jaxpr` runs, one entry per execution: a scan's body counts
-  `length` times, a cond only its costliest branch."""
-  found = []
-  for eqn in jaxpr.eqns:
-    if eqn.primitive.name == 'dot_general':
-      found += [eqn] * repeats
-    subs = [step_matmuls(sub, repeats * (eqn.params['length'] if eqn.primitive.name == 'scan'
-                                         else 1))
-            for sub in jax.extend.core.jaxprs_in_params(eqn.params)]
-    if eqn.primitive.name == 'cond' and subs:
-      subs = [max(subs, key=lambda eqns: sum(map(matmul_flops, eqns)))]
-    found += [e for sub in subs for e in sub]
-  return found
-
-
-def matmul_flops(eqn) -> int:
-  lhs, rhs = (v.aval.shape for v in eqn.invars)
-  (_, rhs_contracting), (_, rhs_batch) = eqn.params['dimension_numbers']
-  rhs_free = [n for d, n in enumerate(rhs) if d not in (*rhs_contracting, *rhs_batch)]
-  return 2 * int(np.prod(lhs)) * int(np.prod(rhs_free))
-
-
 class Timed:
   """A compiled program and its arguments, timed one call at a time beside the rows."""
 
@@ -163,13 +139,13 @@ class MatmulsAlone(Timed):
   def __init__(self, row: Row):
     with row.setup.activate():
       jaxpr = jax.make_jaxpr(row.setup.train_step_fn())(row.state, row.tokens).jaxpr
-    eqns = step_matmuls(jaxpr)
+    eqns = models.flops.program_matmuls(jaxpr)
     rng = np.random.default_rng(0)
     operands = [tuple(jax.numpy.asarray(rng.standard_normal(v.aval.shape), v.aval.dtype)
                       for v in eqn.invars) for eqn in eqns]
     specs = [(eqn.params['dimension_numbers'], eqn.params['preferred_element_type'])
              for eqn in eqns]
-    self.count, self.flops = len(eqns), sum(map(matmul_flops, eqns))
+    self.count, self.flops = len(eqns), sum(map(models.flops.matmul_flops, eqns))
 
     def run(operands):
       outputs, last = [], jax.numpy.zeros(())

@@ -54,37 +54,6 @@ def test_bench_shape_flags_and_the_fraction_of_the_measured_matmul_peak():
   assert int(count) == 21  # 7 in the forward pass (q/k/v, scores, mix, out, gate/up, down, head).
 
 
-@pytest.mark.parametrize('remat', ['none', 'full'])
-def test_step_matmuls_counts_each_execution(remat):
-  """The matmuls the bench times alone: a train step runs each forward matmul three times
-  (forward, input gradient, weight gradient), plus once more per rematerialised forward; the
-  scanned model runs the same ones as the unrolled (a scan's body counts per iteration)."""
-  from experiments import bench as bench_mod
-  from fastslow_jax import configlib, runtime
-
-  found = {}
-  for scan_layers in (False, True):
-    config = runtime.resolve_config(configlib.load('fastslow:arm=dense,size=tiny', {
-        'mesh.data': 1, 'model.num_layers': 2, 'model.scan_layers': scan_layers,
-        'model.remat': remat}), num_devices=1)
-    setup = runtime.TrainSetup(config, jax.devices()[:1])
-    tokens = jax.ShapeDtypeStruct((config.batch_size, config.model.seq_len + 1), jax.numpy.int32)
-    step = jax.make_jaxpr(setup.train_step_fn())(setup.abstract_state, tokens).jaxpr
-    forward = jax.make_jaxpr(lambda p, t: runtime.loss_fn(setup.graphdef, p, t))(
-        setup.abstract_state.params, tokens).jaxpr
-    found[scan_layers] = [(len(m), sum(map(bench_mod.matmul_flops, m)))
-                          for m in (bench_mod.step_matmuls(step), bench_mod.step_matmuls(forward))]
-  (step_count, step_flops), (fwd_count, fwd_flops) = found[False]
-  assert found[True] == found[False]
-  # 'full' remat recomputes a layer's forward matmuls but its last (the MLP's down projection,
-  # whose output the backward pass does not need): 5 of its 6, in each of the 2 layers.
-  assert step_count == 3 * fwd_count + (5 * 2 if remat == 'full' else 0)
-  m = config.model
-  tokens_x2 = 2 * config.batch_size * m.seq_len
-  recomputed = fwd_flops - tokens_x2 * m.d_model * (m.vocab_size + 2 * m.mlp_dim)
-  assert step_flops == 3 * fwd_flops + (recomputed if remat == 'full' else 0)
-
-
 def test_cpu_train_step_gives_ynnpack_its_dots_only(monkeypatch):
   """XLA:CPU's default also hands elementwise ops to YNNPACK, which costs a transposing copy in
   front of every weight-gradient dot (README, Benchmarks); the train step keeps YNNPACK to dots."""

@@ -9,8 +9,8 @@ import optax
 import pytest
 from flax import nnx
 
-from fastslow_jax import models
-from fastslow_jax.models import ModelConfig
+from fastslow_jax import configlib, models, runtime
+from fastslow_jax.models import ModelConfig, flops
 
 # d_model 128 and mlp 4x so that matmuls dominate; XLA also counts the elementwise work (softmax,
 # norms, SwiGLU, rotary, AdamW-free here) that the analytic count leaves out. Measured: XLA is
@@ -161,3 +161,31 @@ def test_seq_len_override():
   assert models.flops_per_token(cfg, seq_len=256) == models.flops_per_token(cfg)
   short, long = (models.flops_per_token(cfg, seq_len=t) for t in (128, 512))
   assert short.fast < long.fast and short.head == long.head
+
+
+@pytest.mark.parametrize('remat', ['none', 'full'])
+def test_program_matmuls_counts_each_execution(remat):
+  """The matmuls `experiments.bench` times alone: a train step runs each forward matmul three times
+  (forward, input gradient, weight gradient), plus once more per rematerialised forward; the
+  scanned model runs the same ones as the unrolled (a scan's body counts per iteration)."""
+  found = {}
+  for scan_layers in (False, True):
+    config = runtime.resolve_config(configlib.load('fastslow:arm=dense,size=tiny', {
+        'mesh.data': 1, 'model.num_layers': 2, 'model.scan_layers': scan_layers,
+        'model.remat': remat}), num_devices=1)
+    setup = runtime.TrainSetup(config, jax.devices()[:1])
+    tokens = jax.ShapeDtypeStruct((config.batch_size, config.model.seq_len + 1), jax.numpy.int32)
+    step = jax.make_jaxpr(setup.train_step_fn())(setup.abstract_state, tokens).jaxpr
+    forward = jax.make_jaxpr(lambda p, t: runtime.loss_fn(setup.graphdef, p, t))(
+        setup.abstract_state.params, tokens).jaxpr
+    found[scan_layers] = [(len(m), sum(map(flops.matmul_flops, m)))
+                          for m in (flops.program_matmuls(step), flops.program_matmuls(forward))]
+  (step_count, step_flops), (fwd_count, fwd_flops) = found[False]
+  assert found[True] == found[False]
+  # 'full' remat recomputes a layer's forward matmuls but its last (the MLP's down projection,
+  # whose output the backward pass does not need): 5 of its 6, in each of the 2 layers.
+  assert step_count == 3 * fwd_count + (5 * 2 if remat == 'full' else 0)
+  m = config.model
+  tokens_x2 = 2 * config.batch_size * m.seq_len
+  recomputed = fwd_flops - tokens_x2 * m.d_model * (m.vocab_size + 2 * m.mlp_dim)
+  assert step_flops == 3 * fwd_flops + (recomputed if remat == 'full' else 0)

@@ -16,6 +16,9 @@ Each family counts its own model (`flops_per_token` in its module) with the piec
 from __future__ import annotations
 
 import dataclasses
+import math
+
+import jax.extend.core
 
 from fastslow_jax.models import families
 from fastslow_jax.models.config import ModelConfig
@@ -68,3 +71,30 @@ def flops_per_token(cfg: ModelConfig, *, training: bool = True, causal: bool = T
   `seq_len` (default `cfg.seq_len`)."""
   count = families.module(cfg).flops_per_token(cfg, causal=causal, seq_len=seq_len or cfg.seq_len)
   return count * (3 if training else 1)
+
+
+# --------------------------------------------------------------------------- programs
+
+
+def program_matmuls(jaxpr: jax.extend.core.Jaxpr, repeats: int = 1) -> list:
+  """The dot_general equations a program runs, one entry per execution, from its `jaxpr` and the
+  jaxprs its equations carry: a scan's body counts `length` times, a cond only its costliest
+  branch. `experiments.bench` times them alone."""
+  found = []
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == 'dot_general':
+      found += [eqn] * repeats
+    inner = repeats * (eqn.params['length'] if eqn.primitive.name == 'scan' else 1)
+    subs = [program_matmuls(sub, inner) for sub in jax.extend.core.jaxprs_in_params(eqn.params)]
+    if eqn.primitive.name == 'cond' and subs:
+      subs = [max(subs, key=lambda eqns: sum(map(matmul_flops, eqns)))]
+    found += [e for sub in subs for e in sub]
+  return found
+
+
+def matmul_flops(eqn) -> int:
+  """FLOPs of one dot_general equation: 2 per multiply-add."""
+  lhs, rhs = (v.aval.shape for v in eqn.invars)
+  (_, rhs_contracting), (_, rhs_batch) = eqn.params['dimension_numbers']
+  rhs_free = [n for d, n in enumerate(rhs) if d not in (*rhs_contracting, *rhs_batch)]
+  return 2 * math.prod(lhs) * math.prod(rhs_free)
