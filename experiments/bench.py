@@ -96,6 +96,7 @@ class Row:
     estimate = sum(getattr(memory, f, 0) or 0 for f in
                    ('argument_size_in_bytes', 'output_size_in_bytes', 'temp_size_in_bytes'))
     step_s = statistics.median(self.times)
+    matmuls_s = statistics.median(alone.times) if alone else None
     flops = models.flops_per_token(self.setup.model_config)
     tokens_per_s = self.batch * self.T / step_s
     stats = jax.devices()[0].memory_stats() or {}
@@ -110,9 +111,9 @@ class Row:
             'mem_estimate_gib': estimate / 2**30,
             'mem_peak_gib': stats.get('peak_bytes_in_use', 0) / 2**30 or None,
             'params': models.param_count(self.state.params),
-            'matmuls_s': statistics.median(alone.times) if alone else None,
-            'ceiling': (flops.total * self.batch * self.T / statistics.median(alone.times)
-                        / peak_matmul if alone and peak_matmul else None)}
+            'matmuls_s': matmuls_s,
+            'ceiling': (flops.total * self.batch * self.T / matmuls_s / peak_matmul
+                        if matmuls_s and peak_matmul else None)}
 
 
 class Timed:
