@@ -24,6 +24,7 @@ from absl import flags
 from flax import nnx
 
 from fastslow_jax import cli, configlib, models
+from fastslow_jax.errors import UsageError
 
 
 def define_flags() -> None:
@@ -94,7 +95,7 @@ def main():
   for size in f.sizes:
     unknown = [m for m in f.models if m != 'dense' and m not in models.FAMILIES]
     if unknown:
-      raise ValueError(f'--models={",".join(f.models)} is invalid: use dense and/or '
+      raise UsageError(f'--models={",".join(f.models)} is invalid: use dense and/or '
                        f'{", ".join(models.FAMILIES)}.')
     rows = [Row(size, name, f) for name in f.models]
     for _ in range(f.rounds):

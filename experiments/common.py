@@ -38,7 +38,8 @@ from scipy import stats
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 
-from fastslow_jax import configlib, data, evaluate, metrics, models, runtime, train  # noqa: E402
+from fastslow_jax import configlib, data, metrics, models, restoring, runtime, train  # noqa: E402
+from fastslow_jax.errors import UsageError  # noqa: E402
 from fastslow_jax.rundir import RunDir  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -91,7 +92,7 @@ def parse_overrides(items: Sequence[str] | str | None) -> dict[str, Any]:
   for item in items or ():
     key, sep, value = item.partition('=')
     if not sep:
-      raise ValueError(f'override {item!r} is invalid: use field=value, e.g. model.d_model=128.')
+      raise UsageError(f'override {item!r} is invalid: use field=value, e.g. model.d_model=128.')
     try:
       out[key.strip()] = json.loads(value)
     except json.JSONDecodeError:
@@ -362,14 +363,15 @@ def slow_shares(workdir: str | os.PathLike, *, devices=None,
                 num_windows: int = 64) -> dict[str, dict[str, float]]:
   """{step: slow share per layer} at every checkpoint of a run, on validation windows; empty for
   a family without a gate (nothing gated to measure)."""
-  cfg = RunDir(workdir).read_config()
-  if not models.FAMILIES[cfg.model.get('family', 'fastslow')].gated:
+  run = RunDir(workdir)
+  cfg = run.read_config()
+  if not models.FAMILIES[cfg.model.family].gated:
     return {}
   ds = data.make_dataset(cfg.data, seq_len=cfg.model.seq_len, split='validation')
   tokens = jnp.asarray(np.stack([ds[i][:-1] for i in range(min(num_windows, len(ds)))]))
   out = {}
-  for step in evaluate.checkpoint_steps(workdir):
-    restored = evaluate.restore(workdir, step, devices=devices)
+  for step in restoring.checkpoint_steps(run):
+    restored = restoring.restore(run, step, devices=devices)
     with restored.setup.activate():
       out[str(step)] = slow_share_of(restored.model(), tokens)
   return out
@@ -384,7 +386,7 @@ def bayes_optimum(result: dict[str, Any]) -> float | None:
   if cfg.data.kind != 'synthetic':
     return None
   windows = min(cfg.eval_batches, cfg.data.num_val_windows // cfg.batch_size) * cfg.batch_size
-  return data.bayes_optimal_ce(cfg.data, seq_len=cfg.model.seq_len, num_windows=windows)
+  return data.source(cfg.data).bayes_optimal_ce(seq_len=cfg.model.seq_len, num_windows=windows)
 
 
 def max_share(result: dict[str, Any], step: str | None = None) -> float:

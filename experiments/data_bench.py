@@ -33,6 +33,7 @@ from absl import app, flags
 
 from experiments import common
 from fastslow_jax import cli, data
+from fastslow_jax.configs import schema
 
 _WORKDIR = flags.DEFINE_string('workdir', '/tmp/data_bench', 'Corpora, datasets and runs.')
 _LARGE = flags.DEFINE_integer('large_mb', 1024, 'Size of the large corpus (MB).')
@@ -164,7 +165,7 @@ def rss_mb() -> tuple[float, float]:
 
 def loader_throughput(path: pathlib.Path) -> dict:
   """Tokens/s of the training iterator over a prepared dataset, and this process's memory."""
-  cfg = data.default_data_config()
+  cfg = schema.defaults().data
   cfg.update({'kind': 'tokens', 'path': str(path)})
   dataset = data.make_dataset(cfg, seq_len=_SEQ_LEN.value, split='train')
   iterator = data.make_iterator(dataset, batch_size=_BATCH.value, seed=0)

@@ -58,6 +58,8 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 import tqdm
 
+from fastslow_jax.errors import UsageError
+
 KB = 1024
 MB = 10**6
 MIN_BYTES = 1 * KB  # Shorter documents are dropped.
@@ -170,11 +172,11 @@ def _run(args: list[str], what: str, **kwargs) -> subprocess.CompletedProcess:
   try:
     done = subprocess.run(args, capture_output=True, text=True, **kwargs)
   except OSError as e:
-    raise ValueError(f'{what}: cannot run {args[0]} ({e.strerror}): this needs a Debian system '
+    raise UsageError(f'{what}: cannot run {args[0]} ({e.strerror}): this needs a Debian system '
                      'with apt-get and dpkg-deb.') from None
   if done.returncode:
     lines = [s for s in done.stderr.splitlines() if s.startswith('E:')] or done.stderr.splitlines()
-    raise ValueError(f'{what} failed: {lines[0] if lines else f"exit {done.returncode}"}')
+    raise UsageError(f'{what} failed: {lines[0] if lines else f"exit {done.returncode}"}')
   return done
 
 
@@ -185,13 +187,13 @@ def download(names: list[str], debs: str) -> dict[str, str]:
   for name in _bar(len(names), 'downloading', 'pkg', iterable=names):
     have = sorted(glob.glob(os.path.join(glob.escape(debs), f'{name}_*.deb')))
     if len(have) > 1:
-      raise ValueError(f'{debs} holds {len(have)} .deb files of {name}: delete all but one.')
+      raise UsageError(f'{debs} holds {len(have)} .deb files of {name}: delete all but one.')
     if not have:
       try:
         _run(['apt-get', 'download', '-q', name], f'apt-get download {name}', cwd=debs)
       except ValueError as e:
         if re.search(r'Unable to locate|no installation candidate|not available', str(e)):
-          raise ValueError(f'apt knows no package {name}: run `apt-get update` (as root) once, '
+          raise UsageError(f'apt knows no package {name}: run `apt-get update` (as root) once, '
                            'or check the name.') from None
         raise
       have = glob.glob(os.path.join(glob.escape(debs), f'{name}_*.deb'))
@@ -219,7 +221,7 @@ def unpack(spec: Package, deb: str, trees: str) -> str:
   if spec.archive:
     archive = os.path.join(tree + '.tmp', spec.archive)
     if not os.path.isfile(archive):
-      raise ValueError(f'{deb} has no {spec.archive}: update its entry in PACKAGES.')
+      raise UsageError(f'{deb} has no {spec.archive}: update its entry in PACKAGES.')
     _unpack_members(spec, archive, tree + '.tmp', os.path.dirname(spec.archive))
     os.remove(archive)
   os.rename(tree + '.tmp', tree)
@@ -438,7 +440,7 @@ def kjv_books(bible: str, data_dir: str) -> list[tuple[str, str]]:
       books.append((current, []))
     books[-1][1].append(line)
   if len(books) != 66:
-    raise ValueError(f'bible printed {len(books)} books, not 66: check package bible-kjv.')
+    raise UsageError(f'bible printed {len(books)} books, not 66: check package bible-kjv.')
   return [(name, '\n'.join(lines).strip('\n') + '\n') for name, lines in books]
 
 
@@ -573,20 +575,20 @@ def build(output: str, names: list[str] | None = None, min_mb: float = 100,
   started = time.perf_counter()
   out = os.path.abspath(os.path.expanduser(output or ''))
   if not output or not output.strip():
-    raise ValueError('--output is empty: name the directory to write the corpus to.')
+    raise UsageError('--output is empty: name the directory to write the corpus to.')
   if os.path.exists(out) and not os.path.isdir(out):
-    raise ValueError(f'--output={output!r} is a file: give a directory.')
+    raise UsageError(f'--output={output!r} is a file: give a directory.')
   names = [p.name for p in PACKAGES] if names is None else names
   if not names or len(set(names)) != len(names) or not all(
       re.fullmatch(r'[a-z0-9][a-z0-9+.-]+', n) for n in names):
-    raise ValueError(f'--packages={",".join(names)!r} is invalid: give distinct Debian package '
+    raise UsageError(f'--packages={",".join(names)!r} is invalid: give distinct Debian package '
                      'names, comma-separated.')
   specs = [package(n) for n in sorted(names)]
   needed = sorted({n for s in specs for n in (s.name, *s.needs)})
   try:
     os.makedirs(os.path.join(out, 'cache', 'trees'), exist_ok=True)
   except OSError as e:
-    raise ValueError(f'--output={output!r} cannot be created ({e.strerror}): choose another.'
+    raise UsageError(f'--output={output!r} cannot be created ({e.strerror}): choose another.'
                      ) from None
   timings = {}
   t = time.perf_counter()
@@ -620,7 +622,7 @@ def build(output: str, names: list[str] | None = None, min_mb: float = 100,
       }
   timings['read_s'] = time.perf_counter() - t
   if not docs:
-    raise ValueError(f'--packages={",".join(names)} hold no documents: choose packages with '
+    raise UsageError(f'--packages={",".join(names)} hold no documents: choose packages with '
                      'text files.')
   t = time.perf_counter()
   shards = write_shards(docs, out, int(shard_mb * MB))
@@ -651,7 +653,7 @@ def build(output: str, names: list[str] | None = None, min_mb: float = 100,
   os.replace(os.path.join(out, 'corpus.json.tmp'), os.path.join(out, 'corpus.json'))
   print(summary(manifest, out))
   if manifest['bytes'] < min_mb * MB:
-    raise ValueError(f'the corpus holds {manifest["bytes"] / MB:.1f} MB, under --min_mb='
+    raise UsageError(f'the corpus holds {manifest["bytes"] / MB:.1f} MB, under --min_mb='
                      f'{min_mb:g}: add packages with --packages.')
   return manifest
 

@@ -33,7 +33,7 @@ import numpy as np
 from scipy import optimize
 
 from experiments import common
-from fastslow_jax import data, evaluate, models, train
+from fastslow_jax import data, models, restoring, train
 from fastslow_jax.data import ctmc
 
 DEFAULT_PS = (4, 8, 16, 32, 64)
@@ -149,7 +149,7 @@ def ctmc_datasets(source: ctmc.CTMCSource, *, seq_len: int, num_train: int, seed
   return train.Datasets(windows(1, num_train, 'train'), windows(2, num_val, 'validation'))
 
 
-def validation_loss(restored: evaluate.Restored, dataset: data.TokenDataset) -> float:
+def validation_loss(restored: restoring.Restored, dataset: data.TokenDataset) -> float:
   """Mean next-token loss over every window of `dataset`, scored in one batch (the float32 sum
   and ratio of the run's eval step, as this report has always computed it)."""
   setup = restored.setup
@@ -195,7 +195,7 @@ def train_one(P: int, *, source: ctmc.CTMCSource, size: str, tokens: int, seed: 
   curve = []
   for step in probe_at:  # Train up to the probe step (a checkpoint), then probe that checkpoint.
     train.train(config, str(workdir), devices=devices, stop_at_step=step, datasets=datasets)
-    restored = evaluate.restore(str(workdir), step, devices=devices)
+    restored = restoring.restore(str(workdir), step, devices=devices)
     with restored.setup.activate():
       record = {'val_loss': validation_loss(restored, datasets.validation),
                 'tv': probe(restored.model(), fit, test),

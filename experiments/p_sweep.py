@@ -56,7 +56,7 @@ def summarise(results: list[dict[str, Any]], Ps: Sequence[int],
   for P in Ps:
     rs = [r for r in results if r['label'] == f'P={P}']
     cfg = common.ml_collections.ConfigDict(rs[0]['config'])
-    cfg.model.vocab_size = data.vocab_size(cfg.data)
+    cfg.model.vocab_size = data.source(cfg.data).vocab_size
     flops = models.flops_per_token(models.ModelConfig.from_mapping(cfg.model))
     val = [r['val_loss'] for r in rs]
     step_s = timing.get(f'P={P}', float(np.mean([r['step_s'] for r in rs])))

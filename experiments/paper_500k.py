@@ -276,7 +276,7 @@ def write(results, *, root: pathlib.Path, out_dir: pathlib.Path, command: str, t
   optima = {g: common.bayes_optimum(next(r for r in results if r['group'] == g)) for g in groups}
   first = common.ml_collections.ConfigDict(results[0]['config'])
   m = first.model
-  m.vocab_size = data.vocab_size(first.data)
+  m.vocab_size = data.source(first.data).vocab_size
   params = {arm: models.param_count(models.build(
       models.ModelConfig.from_mapping({**m.to_dict(), 'arm': arm}), rngs=0))
       for arm in ('dense', 'coupled')}

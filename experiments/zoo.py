@@ -28,6 +28,7 @@ import numpy as np
 
 from experiments import common
 from fastslow_jax import data, models
+from fastslow_jax.errors import UsageError
 
 FLOP_TOLERANCE = 0.05  # Matched: analytic training FLOPs per token within 5% of dense's.
 MLP_MULTIPLE = 8  # MLP widths are multiples of this.
@@ -43,7 +44,7 @@ def model_config(config: ml_collections.ConfigDict) -> models.ModelConfig:
   """The ModelConfig a training config builds (vocabulary taken from its data)."""
   fields = config.model.to_dict()
   if fields['vocab_size'] == -1:
-    fields['vocab_size'] = data.vocab_size(config.data)
+    fields['vocab_size'] = data.source(config.data).vocab_size
   return models.ModelConfig.from_mapping(fields)
 
 
@@ -53,7 +54,7 @@ def training_flops(config: ml_collections.ConfigDict) -> float:
 
 def match_flops(config: ml_collections.ConfigDict, target: float) -> ml_collections.ConfigDict:
   """`config` with `model.mlp_dim` (a multiple of MLP_MULTIPLE) giving the training FLOPs per
-  token nearest to `target`; a one-line ValueError if no width comes within FLOP_TOLERANCE."""
+  token nearest to `target`; a one-line UsageError if no width comes within FLOP_TOLERANCE."""
   def flops_at(width: int) -> float:
     trial = ml_collections.ConfigDict(config.to_dict())
     trial.model.mlp_dim = width
@@ -66,7 +67,7 @@ def match_flops(config: ml_collections.ConfigDict, target: float) -> ml_collecti
   width = max(MLP_MULTIPLE, MLP_MULTIPLE * round(ideal / MLP_MULTIPLE))
   got = flops_at(width)
   if abs(got / target - 1) > FLOP_TOLERANCE:
-    raise ValueError(f'model.family={config.model.family} cannot match {target:.4g} training '
+    raise UsageError(f'model.family={config.model.family} cannot match {target:.4g} training '
                      f'FLOPs per token by its MLP width (best {got:.4g} at {width}): change the '
                      'size or the family\'s other widths.')
   config = ml_collections.ConfigDict(config.to_dict())

@@ -17,6 +17,7 @@ from absl import logging
 from etils import epath
 
 from fastslow_jax.rundir import RunDir
+from fastslow_jax.errors import UsageError
 
 
 def manager(workdir: str | os.PathLike, *, save_every: int = 1, keep: int | None = None,
@@ -103,7 +104,7 @@ def restore_latest(mngr: ocp.CheckpointManager, abstract_state, data_iterator, *
   return None
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UsageError):
   """A checkpoint that exists but cannot be used as asked; the message says what to do."""
 
 

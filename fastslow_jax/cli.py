@@ -1,7 +1,8 @@
 """Plumbing shared by the command-line entry points (train, evaluate, the demo).
 
-Bad flags, configs and input end the command with one line on stderr and exit status 2; a
-non-finite loss with exit status 1. Multi-process start-up and quiet library logs come first.
+Bad flags, configs and input (`errors.UsageError`) end the command with one line on stderr and
+exit status 2; a non-finite loss (`errors.NonFiniteError`) with exit status 1. Any other exception
+keeps its traceback. Multi-process start-up and quiet library logs come first.
 Every numeric flag an entry point defines must declare its range (`lower_bound=` /
 `upper_bound=`), so absl refuses a value outside it while parsing, before anything runs.
 """
@@ -18,6 +19,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 
 from fastslow_jax import configlib, distributed
+from fastslow_jax.errors import NonFiniteError, UsageError
 
 
 QUIET_LIBRARIES = ('orbax', 'grain', 'tensorstore', 'jax', 'optax', 'tensorflow_datasets')
@@ -75,7 +77,7 @@ def parse_flags(argv):
       message = f'unknown config field {lines[0]}: {" ".join(lines[1:])}'.rstrip(': ')
     else:
       message = lines[0]
-    error(ValueError(message))
+    error(UsageError(message))
 
 
 def define_checked(*define_flags: Callable[[], None]) -> None:
@@ -97,9 +99,9 @@ def run(main: Callable[[], None], define_flags: Callable[[], None]) -> None:
     distributed.initialize_from_flags()
     try:
       main()
-    except ValueError as e:  # Bad config or input, a damaged checkpoint.
+    except UsageError as e:  # Bad config or input, a damaged checkpoint.
       error(e)
-    except FloatingPointError as e:  # Non-finite loss: the run stopped at a good checkpoint.
+    except NonFiniteError as e:  # The run stopped at a good checkpoint.
       error(e, status=1)
 
   app.run(wrapped, flags_parser=parse_flags)

@@ -13,6 +13,8 @@ from typing import Any
 
 import ml_collections
 
+from fastslow_jax.errors import UsageError
+
 PACKAGED_CONFIGS = pathlib.Path(__file__).resolve().parent / 'configs'
 
 
@@ -23,7 +25,7 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
     key, sep, value = item.partition('=')
     key = key.strip()
     if not sep or key not in defaults:
-      raise ValueError(f'config argument {item!r} is invalid: use key=value with key in '
+      raise UsageError(f'config argument {item!r} is invalid: use key=value with key in '
                        f'{sorted(defaults)}.')
     kind = type(defaults[key])
     if kind is bool:
@@ -32,13 +34,13 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
       try:
         out[key] = kind(value.strip())
       except ValueError:
-        raise ValueError(f'config argument {key}={value!r} is invalid: expected {kind.__name__}.') from None
+        raise UsageError(f'config argument {key}={value!r} is invalid: expected {kind.__name__}.') from None
   return out
 
 
 def packaged_names() -> list[str]:
   """Names of the config files in fastslow_jax/configs: its modules that define `get_config`
-  (the others hold what configs share, e.g. defaults and field ranges)."""
+  (the others hold what configs share, e.g. the schema of every field)."""
   return sorted(p.stem for p in PACKAGED_CONFIGS.glob('*.py')
                 if 'def get_config(' in p.read_text())
 
@@ -46,16 +48,16 @@ def packaged_names() -> list[str]:
 def resolve(spec: str) -> str:
   """'fastslow:arg' -> '<package>/configs/fastslow.py:arg'; a path spec is checked and kept.
 
-  Raises a one-line ValueError for a missing file or an unknown packaged name.
+  Raises a one-line UsageError for a missing file or an unknown packaged name.
   """
   path, sep, arg = str(spec).partition(':')
   if not path.endswith('.py') and os.sep not in path and '/' not in path:
     if path not in packaged_names():
-      raise ValueError(f'--config={spec!r} names no config: use a packaged config '
+      raise UsageError(f'--config={spec!r} names no config: use a packaged config '
                        f'({", ".join(packaged_names())}) or a path to a .py file.')
     return f'{PACKAGED_CONFIGS / path}.py{sep}{arg}'
   if not os.path.isfile(path):
-    raise ValueError(f'--config file {path!r} does not exist: give the path of a config file '
+    raise UsageError(f'--config file {path!r} does not exist: give the path of a config file '
                      f'(e.g. configs/fastslow.py) or a packaged name ({", ".join(packaged_names())}).')
   return spec
 
@@ -83,5 +85,5 @@ def set_field(config: ml_collections.ConfigDict, dotted: str, value: Any) -> Non
   for name in parents:
     node = node[name]
   if leaf not in node:
-    raise ValueError(f'config has no field {dotted!r}: check the spelling (see the config file).')
+    raise UsageError(f'config has no field {dotted!r}: check the spelling (see the config file).')
   node[leaf] = value

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 from absl import flags
 from flax import nnx
 
-from fastslow_jax import cli, configlib, data, evaluate, generate, models, train
+from fastslow_jax import cli, configlib, evaluate, generate, models, restoring, train
 from fastslow_jax.rundir import RunDir
 
 
@@ -50,10 +50,9 @@ def zoo_table(vocab_size: int = 64) -> str:
 
 def sample(workdir: str, num_tokens: int = 24) -> str:
   """A short continuation of a validation window's first tokens by the trained model."""
-  restored = evaluate.restore(workdir, devices=jax.local_devices()[:1])
-  config = restored.config
-  prompt = data.make_dataset(config.data, seq_len=config.model.seq_len, split='validation')[0][:8]
-  tokenizer = data.tokenizer_for(config.data)
+  restored = restoring.restore(workdir, devices=jax.local_devices()[:1])
+  prompt = restored.source.open('validation', seq_len=restored.config.model.seq_len)[0][:8]
+  tokenizer = restored.source.tokenizer
   new = generate.generate(restored.model(), [prompt.tolist()], max_new_tokens=num_tokens,
                           temperature=0.8, seed=0)[0]
   return f'{tokenizer.decode(prompt).strip()} -> {tokenizer.decode(new).strip()}'

@@ -12,6 +12,8 @@ import os
 import jax
 from absl import flags, logging
 
+from fastslow_jax.errors import UsageError
+
 
 def define_flags() -> None:
   """Flags of a multi-process entry point (defaults from the JAX_* environment)."""
@@ -56,7 +58,7 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
   jax.config.update('jax_cpu_collectives_implementation', 'gloo')
   if coordinator_address:
     if num_processes is None or process_id is None:
-      raise ValueError('--coordinator_address needs --num_processes and --process_id '
+      raise UsageError('--coordinator_address needs --num_processes and --process_id '
                        '(or JAX_NUM_PROCESSES / JAX_PROCESS_ID).')
     jax.distributed.initialize(coordinator_address, num_processes, process_id)
   elif cluster := detected_cluster():

@@ -5,11 +5,11 @@ r"""Sampling from a model: KV-cache decoding that equals the parallel forward to
 
     python -m fastslow_jax.generate --workdir=DIR --prompt="To be, or not" --max_new_tokens=200
 
-One parallel pass (`Decoder.prefill`) runs the prompts, right-padded to a common length (each row
+One parallel pass (`LanguageModel.prefill`) runs the prompts, right-padded to a common length (each row
 reads only its own tokens), and fills every layer's cache: the fast keys and values and, in slow
 layers, the completed blocks' keys and values, the open block's running sum and the latest slow
 output. A jitted `jax.lax.while_loop` then decodes one token per row and step
-(`Decoder.decode`): the slow path steps only when a row completes a block of P tokens. Sampling is
+(`LanguageModel.decode`): the slow path steps only when a row completes a block of P tokens. Sampling is
 greedy (temperature 0) or by temperature with top-k and top-p (nucleus) truncation, from a seed.
 A row stops at `eos_id` (which it keeps) or after `max_new_tokens`.
 
@@ -31,6 +31,7 @@ from absl import flags, logging
 from flax import nnx
 
 from fastslow_jax import cli, models
+from fastslow_jax.errors import UsageError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,11 +43,11 @@ class Sampling:
 
   def __post_init__(self):
     if not self.temperature >= 0:
-      raise ValueError(f'temperature={self.temperature} is invalid: use 0 (greedy) or more.')
+      raise UsageError(f'temperature={self.temperature} is invalid: use 0 (greedy) or more.')
     if self.top_k < 0:
-      raise ValueError(f'top_k={self.top_k} is invalid: use 0 (no limit) or a positive count.')
+      raise UsageError(f'top_k={self.top_k} is invalid: use 0 (no limit) or a positive count.')
     if not 0 < self.top_p <= 1:
-      raise ValueError(f'top_p={self.top_p} is invalid: use a value in (0, 1].')
+      raise UsageError(f'top_p={self.top_p} is invalid: use a value in (0, 1].')
 
 
 def sample_logits(key: jax.Array, logits: jax.Array, sampling: Sampling) -> jax.Array:
@@ -101,7 +102,7 @@ def _decode(graphdef, params, tokens, lengths, key, *, max_new_tokens: int, cach
   return out, seen
 
 
-def generate(model: models.Decoder, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
+def generate(model: models.LanguageModel, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
              temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
              eos_id: int | None = None, return_logits: bool = False):
   """Continues each prompt (a list of token ids) by up to `max_new_tokens` tokens.
@@ -109,15 +110,15 @@ def generate(model: models.Decoder, prompts: Sequence[Sequence[int]], *, max_new
   Returns one list of new token ids per prompt (the prompt excluded; ending with `eos_id` where a
   row drew it). `temperature=0` is greedy; `top_k` / `top_p` truncate the distribution before
   sampling; `seed` fixes the draws. With `return_logits`, also the float32 logits each new token
-  was drawn from, one [n, V] array per prompt. Bad arguments raise a one-line ValueError.
+  was drawn from, one [n, V] array per prompt. Bad arguments raise a one-line UsageError.
   """
   sampling = Sampling(float(temperature), int(top_k), float(top_p))
   cfg = model.config
   tokens, lengths = _pad(prompts, cfg.vocab_size, cfg.seq_len)
   if max_new_tokens < 1:
-    raise ValueError(f'max_new_tokens={max_new_tokens} is invalid: use a positive count.')
+    raise UsageError(f'max_new_tokens={max_new_tokens} is invalid: use a positive count.')
   if eos_id is not None and not 0 <= eos_id < cfg.vocab_size:
-    raise ValueError(f'eos_id={eos_id} is not a token of the vocabulary (0..{cfg.vocab_size - 1}).')
+    raise UsageError(f'eos_id={eos_id} is not a token of the vocabulary (0..{cfg.vocab_size - 1}).')
   cache_length = tokens.shape[1] + max_new_tokens
   if cache_length > cfg.seq_len:
     logging.warning('Generating up to position %d, beyond the %d positions the model was trained '
@@ -138,16 +139,16 @@ def _pad(prompts, vocab_size: int, seq_len: int) -> tuple[np.ndarray, np.ndarray
   """Right-padded int32 tokens [B, L] and lengths [B]; one-line errors for bad prompts."""
   prompts = [list(p) for p in prompts]
   if not prompts:
-    raise ValueError('no prompts: give at least one list of token ids.')
+    raise UsageError('no prompts: give at least one list of token ids.')
   for i, p in enumerate(prompts):
     if not p:
-      raise ValueError(f'prompt {i} is empty: every prompt needs at least one token.')
+      raise UsageError(f'prompt {i} is empty: every prompt needs at least one token.')
     if len(p) > seq_len:
-      raise ValueError(f'prompt {i} has {len(p)} tokens, more than model.seq_len={seq_len}: '
+      raise UsageError(f'prompt {i} has {len(p)} tokens, more than model.seq_len={seq_len}: '
                        f'shorten it to at most {seq_len} tokens.')
     bad = [t for t in p if not 0 <= int(t) < vocab_size]
     if bad:
-      raise ValueError(f'prompt {i} holds token {bad[0]}, outside the vocabulary '
+      raise UsageError(f'prompt {i} holds token {bad[0]}, outside the vocabulary '
                        f'(0..{vocab_size - 1}).')
   lengths = np.array([len(p) for p in prompts], np.int32)
   tokens = np.zeros((len(prompts), lengths.max()), np.int32)
@@ -177,21 +178,21 @@ def define_flags() -> None:
 
 
 def main():
-  from fastslow_jax import data, evaluate  # Heavier imports, only for the command line.
+  from fastslow_jax import restoring  # Heavier imports, only for the command line.
   f = flags.FLAGS
   if (f.prompt is None) == (f.prompt_file is None):
-    raise ValueError('give the prompt with exactly one of --prompt or --prompt_file.')
+    raise UsageError('give the prompt with exactly one of --prompt or --prompt_file.')
   if f.prompt_file is not None:
     try:
       with open(f.prompt_file, encoding='utf-8') as file:
         text = file.read()
     except (OSError, UnicodeDecodeError) as e:
-      raise ValueError(f'--prompt_file={f.prompt_file!r} cannot be read ({e.strerror or e}): '
+      raise UsageError(f'--prompt_file={f.prompt_file!r} cannot be read ({e.strerror or e}): '
                        'give a readable UTF-8 text file.') from None
   else:
     text = f.prompt
-  restored = evaluate.restore(f.workdir, f.step, devices=jax.local_devices()[:1])
-  tokenizer = data.tokenizer_for(restored.config.data)
+  restored = restoring.restore(f.workdir, f.step, devices=jax.local_devices()[:1])
+  tokenizer = restored.source.tokenizer
   prompt = tokenizer.encode(text)
   samples = generate(restored.model(), [prompt] * f.num_samples,
                      max_new_tokens=f.max_new_tokens, temperature=f.temperature, top_k=f.top_k,

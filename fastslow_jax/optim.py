@@ -1,7 +1,9 @@
 """AdamW with warmup + cosine decay, global-norm clipping, a weight-decay mask and frozen arms.
 
-Parameters an arm does not train (see `models.trainable_filter`) get `optax.set_to_zero()`: no
-optimizer state, no update, excluded from the clipping norm, so they stay bitwise at their init.
+Weight decay skips the parameter roles named in `optim.no_decay` (`models.roles`: norm scales and
+gates by default). Parameters an arm does not train (`models.trainable_filter`) get
+`optax.set_to_zero()`: no optimizer state, no update, excluded from the clipping norm, so they
+stay bitwise at their init.
 """
 
 from __future__ import annotations
@@ -12,6 +14,13 @@ import optax
 from flax import nnx
 
 from fastslow_jax import models
+from fastslow_jax.configs import schema
+from fastslow_jax.errors import UsageError
+from fastslow_jax.models import roles
+
+# Names older configs used for what are now roles: RMSNorm's `scale`, and `bias`, which no model
+# has.
+_LEGACY_NAMES = {'scale': 'norm', 'bias': None}
 
 
 def learning_rate(optim: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
@@ -21,20 +30,28 @@ def learning_rate(optim: ml_collections.ConfigDict, total_steps: int) -> optax.S
       decay_steps=max(total_steps, warmup + 1), end_value=optim.lr * optim.min_lr_ratio)
 
 
-def _path_names(path) -> set[str]:
-  return {str(getattr(k, 'key', getattr(k, 'name', getattr(k, 'idx', k)))) for k in path}
+def exempt_roles(no_decay: str) -> tuple[type[nnx.Param], ...]:
+  """The role types `optim.no_decay` names ('norm,gate'); a one-line UsageError for others."""
+  names = [_LEGACY_NAMES.get(n.strip(), n.strip()) for n in no_decay.split(',') if n.strip()]
+  unknown = [n for n in names if n is not None and n not in roles.BY_NAME]
+  if unknown:
+    raise UsageError(f'optim.no_decay={no_decay!r} is invalid: name roles among '
+                     f'{", ".join(schema.DECAY_ROLES)}, comma-separated.')
+  return tuple(roles.BY_NAME[n] for n in names if n is not None)
 
 
 def decay_mask(params, no_decay: str):
-  """True for parameters that get weight decay: all but those with a path component (parameter
-  or module name, e.g. 'scale' of RMSNorm, 'gate') listed in the comma-separated `no_decay`."""
-  exempt = {p.strip() for p in no_decay.split(',') if p.strip()}
-  return jax.tree_util.tree_map_with_path(lambda path, _: not exempt & _path_names(path), params)
+  """`params` (a State of parameters) with each parameter replaced by whether weight decay
+  applies to it: every parameter but those of the roles `no_decay` names (an optax mask)."""
+  exempt = exempt_roles(no_decay)
+  return jax.tree.map(lambda v: not isinstance(v, exempt), params,
+                      is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
 def make_optimizer(optim: ml_collections.ConfigDict, total_steps: int,
-                   model: models.Decoder) -> optax.GradientTransformation:
+                   model: models.LanguageModel) -> optax.GradientTransformation:
   """The optimizer for `model`'s parameters (`nnx.state(model, nnx.Param)`), honouring its arm."""
+  exempt_roles(optim.no_decay)  # Checked before anything compiles.
   train = optax.chain(
       optax.clip_by_global_norm(optim.clip_norm),
       optax.adamw(learning_rate(optim, total_steps), b1=optim.b1, b2=optim.b2, eps=optim.eps,

@@ -24,7 +24,8 @@ import optax
 from flax import nnx
 
 from fastslow_jax import checkpointing, data, models, optim, sharding
-from fastslow_jax.configs import ranges
+from fastslow_jax.configs import schema
+from fastslow_jax.errors import UsageError
 
 
 # XLA:CPU options of the train step. XLA:CPU's default also hands elementwise ops to YNNPACK; the
@@ -58,33 +59,34 @@ def resolve_config(config: ml_collections.ConfigDict,
                    num_devices: int | None = None) -> ml_collections.ConfigDict:
   """Fills derived fields (vocab size from the data) and checks everything that needs no compile.
 
-  Raises ValueError with a one-line message naming the field and the fix. Every numeric field
-  is first checked against its declared range (`configs.ranges`).
+  Raises UsageError with a one-line message naming the field and the fix. Every field is first
+  checked against its declaration (`configs.schema`).
   """
-  ranges.check(config)
+  schema.check(config)
   config = ml_collections.ConfigDict(config.to_dict())  # Unlocked copy; the caller's is untouched.
   config.data.path = data.absolute_path(config.data.path)  # config.json is read from anywhere.
+  source = data.source(config.data)
   # What the data are tokenized with, recorded in config.json: a resumed run refuses other data.
-  config.data.tokenizer_fingerprint = data.tokenizer_fingerprint(config.data)
-  vocab = data.vocab_size(config.data)
+  config.data.tokenizer_fingerprint = source.fingerprint
+  vocab = source.vocab_size
   if config.model.vocab_size == -1:
     config.model.vocab_size = vocab
   elif config.model.vocab_size < vocab:
-    raise ValueError(f'model.vocab_size={config.model.vocab_size} is smaller than the data '
+    raise UsageError(f'model.vocab_size={config.model.vocab_size} is smaller than the data '
                      f'vocabulary ({vocab}): set it to -1 or >= {vocab}.')
   model_cfg = models.ModelConfig.from_mapping(config.model)
   num_devices = num_devices or jax.device_count()
   shape = dict(zip(sharding.MESH_AXES, sharding.mesh_shape(config.mesh, num_devices)))
   dp = shape['data'] * shape['fsdp']
   if config.batch_size % (dp * config.grad_accum_steps):
-    raise ValueError(f'batch_size={config.batch_size} must be divisible by data*fsdp*'
+    raise UsageError(f'batch_size={config.batch_size} must be divisible by data*fsdp*'
                      f'grad_accum_steps={dp * config.grad_accum_steps}: change batch_size or mesh.')
   if config.batch_size % jax.process_count():
-    raise ValueError(f'batch_size={config.batch_size} must be divisible by the process count '
+    raise UsageError(f'batch_size={config.batch_size} must be divisible by the process count '
                      f'({jax.process_count()}).')
   for field, heads in (('num_heads', model_cfg.num_heads), ('slow_num_heads', model_cfg.slow_num_heads)):
     if heads % shape['tensor']:
-      raise ValueError(f'model.{field}={heads} is not divisible by mesh.tensor={shape["tensor"]}: '
+      raise UsageError(f'model.{field}={heads} is not divisible by mesh.tensor={shape["tensor"]}: '
                        'choose a tensor size that divides the head count.')
   sharding.check_rules(config.sharding_rules)
   return config
@@ -170,7 +172,7 @@ class ModelSetup:
     _, params = nnx.split(self.abstract_model, nnx.Param)
     return checkpointing.abstract_with_shardings(params, self.params_sharding)
 
-  def model(self, params: nnx.State) -> models.Decoder:
+  def model(self, params: nnx.State) -> models.LanguageModel:
     return nnx.merge(self.graphdef, params)
 
   def compile_eval_step(self):

@@ -2,7 +2,7 @@
 
 The mesh has three axes: `data` (pure data parallel), `fsdp` (data parallel with parameters and
 optimizer state sharded) and `tensor` (tensor parallel). Model code only names logical axes; the
-rules in the config (`config.sharding_rules`, default `configs.common.SHARDING_RULES`) decide
+rules in the config (`config.sharding_rules`, default `configs.schema.SHARDING_RULES`) decide
 where each goes, MaxText style:
 
     ('batch', ('data', 'fsdp')), ('embed', 'fsdp'), ('heads', 'tensor'), ('mlp', 'tensor'), ...
@@ -18,7 +18,8 @@ from flax import nnx
 from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
-from fastslow_jax.configs import ranges
+from fastslow_jax.configs import schema
+from fastslow_jax.errors import UsageError
 
 MESH_AXES = ('data', 'fsdp', 'tensor')
 LOGICAL_AXES = ('batch', 'length', 'vocab', 'embed', 'heads', 'kv', 'mlp', 'norm', 'layers',
@@ -30,22 +31,38 @@ _LATER_AXES = (('layers', None), ('compress', None))
 Rules = tuple[tuple[str, str | tuple[str, ...] | None], ...]
 
 
+def parse_mesh(text: str, flag: str = '--mesh') -> dict[str, int]:
+  """'data,fsdp,tensor' (e.g. '1,-1,1') as {'data': 1, 'fsdp': -1, 'tensor': 1}; a one-line
+  UsageError naming `flag` otherwise."""
+  parts = [p.strip() for p in str(text).split(',')]
+  sizes = [int(p) for p in parts if p.lstrip('-').isdigit()]
+  fix = (f'{flag}={text!r} is invalid: give three sizes data,fsdp,tensor, positive integers of '
+         'which one may be -1 (the rest of the devices), e.g. 1,-1,1.')
+  if len(sizes) != len(parts) or len(sizes) != len(MESH_AXES) or sizes.count(-1) > 1:
+    raise UsageError(fix)
+  for axis, size in zip(MESH_AXES, sizes):
+    try:
+      schema.check_value(f'mesh.{axis}', size)
+    except UsageError:
+      raise UsageError(fix) from None
+  return dict(zip(MESH_AXES, sizes))
+
+
 def mesh_shape(sizes: dict[str, int], num_devices: int) -> tuple[int, ...]:
-  """Resolves mesh sizes in MESH_AXES order; one size may be -1, meaning 'the rest'."""
-  for axis in MESH_AXES:  # `sizes`: a dict or ConfigDict.
-    ranges.check_value(f'mesh.{axis}', sizes[axis])
+  """Resolves mesh sizes (checked by `schema.check`) in MESH_AXES order; one size may be -1,
+  meaning 'the rest'."""
   shape = [sizes[a] for a in MESH_AXES]
   given = ', '.join(f'mesh.{a}={s}' for a, s in zip(MESH_AXES, shape))
   if shape.count(-1) > 1:
-    raise ValueError(f'{given} is invalid: at most one size may be -1 ("the rest").')
+    raise UsageError(f'{given} is invalid: at most one size may be -1 ("the rest").')
   known = math.prod(s for s in shape if s != -1)
   if -1 in shape:
     if num_devices % known:
-      raise ValueError(f'{given} cannot fill {num_devices} devices: the fixed sizes must divide '
+      raise UsageError(f'{given} cannot fill {num_devices} devices: the fixed sizes must divide '
                        f'{num_devices}.')
     shape[shape.index(-1)] = num_devices // known
   if math.prod(shape) != num_devices:
-    raise ValueError(f'{given} multiplies to {math.prod(shape)} but there are {num_devices} '
+    raise UsageError(f'{given} multiplies to {math.prod(shape)} but there are {num_devices} '
                      f'devices: make the product {num_devices} (or set one size to -1).')
   return tuple(shape)
 
@@ -60,11 +77,10 @@ def make_mesh(sizes, devices: Sequence[jax.Device] | None = None) -> Mesh:
   devices = list(jax.devices() if devices is None else devices)
   shape = mesh_shape(sizes, len(devices))
   dcn = sizes.get('dcn_data', 1)
-  ranges.check_value('mesh.dcn_data', dcn)
   axis_types = (AxisType.Auto,) * len(MESH_AXES)
   if dcn > 1:
     if shape[0] % dcn:
-      raise ValueError(f'mesh.data={shape[0]} is not a multiple of mesh.dcn_data={dcn}: the data '
+      raise UsageError(f'mesh.data={shape[0]} is not a multiple of mesh.dcn_data={dcn}: the data '
                        'axis spans the slices, so make it a multiple of the slice count.')
     ici = (shape[0] // dcn, *shape[1:])
     # TPU slices report distinct slice indices; elsewhere (GPU hosts, CPU processes) a process is
@@ -86,12 +102,12 @@ def check_rules(rules: Rules) -> Rules:
   rules += tuple(rule for rule in _LATER_AXES if rule[0] not in {k for k, _ in rules})
   missing = sorted(set(LOGICAL_AXES) - {k for k, _ in rules})
   if missing:
-    raise ValueError(f'sharding_rules lacks logical axes {missing}: map each to a mesh axis or None.')
+    raise UsageError(f'sharding_rules lacks logical axes {missing}: map each to a mesh axis or None.')
   for name, target in rules:
     targets = target if isinstance(target, tuple) else (target,)
     bad = [t for t in targets if t is not None and t not in MESH_AXES]
     if bad:
-      raise ValueError(f'sharding_rules maps {name!r} to unknown mesh axes {bad}: use {MESH_AXES}.')
+      raise UsageError(f'sharding_rules maps {name!r} to unknown mesh axes {bad}: use {MESH_AXES}.')
   return rules
 
 

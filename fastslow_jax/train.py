@@ -12,7 +12,6 @@ non-finite guard and the command line.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import signal
@@ -26,12 +25,9 @@ from absl import flags, logging
 from ml_collections import config_flags
 
 from fastslow_jax import checkpointing, cli, data, metrics, models, runtime
+from fastslow_jax.configs import schema
 from fastslow_jax.rundir import RunDir
-
-# Model fields that change how, not what, is computed: a checkpoint survives changing them.
-EXECUTION_ONLY_FIELDS = ('dtype', 'attention_impl', 'attention_block_q', 'attention_block_kv',
-                         'remat')
-_MODEL_DEFAULTS = {f.name: f.default for f in dataclasses.fields(models.ModelConfig)}
+from fastslow_jax.errors import NonFiniteError, UsageError
 
 
 # --------------------------------------------------------------------------- the loop
@@ -70,23 +66,20 @@ class StopSignals:
     return self.reason is not None
 
 
-def check_workdir(run: RunDir, config: ml_collections.ConfigDict, overwrite: bool) -> None:
-  """Refuses a workdir whose checkpoints belong to a different model, unless `overwrite`, and
-  always one trained on data of another tokenizer.
-
-  A field the saved config lacks (added to the model since) counts as its default.
-  """
+def check_workdir(run: RunDir, config: ml_collections.ConfigDict, source: data.Source,
+                  overwrite: bool) -> None:
+  """Refuses a workdir whose checkpoints belong to a different model (a model field changed that
+  is not execution-only, `configs.schema`), unless `overwrite`, and always one trained on data of
+  another tokenizer (`source`: the configured data)."""
   if not run.config.exists() or not run.has_checkpoints():
     return
   saved = run.read_config()
-  data.check_tokenizer(config.data, saved.data.get('tokenizer_fingerprint'), where=str(run.path))
-  old = {**_MODEL_DEFAULTS, **saved.model}
-  changed = [f'model.{k}: {old.get(k)!r} -> {v!r}' for k, v in config.model.items()
-             if k not in EXECUTION_ONLY_FIELDS and old.get(k) != v]
+  data.check_tokenizer(source, saved.data.get('tokenizer_fingerprint'), where=str(run.path))
+  changed = schema.model_changes(saved.model, config.model)
   if not changed:
     return
   if not overwrite:
-    raise ValueError(f'{run.path} holds checkpoints of a different model ({"; ".join(changed)}): '
+    raise UsageError(f'{run.path} holds checkpoints of a different model ({"; ".join(changed)}): '
                      'use a new --workdir, or pass --overwrite to delete them.')
   if jax.process_index() == 0:
     logging.warning('Deleting %s (--overwrite; %s).', run.checkpoints, '; '.join(changed))
@@ -95,7 +88,7 @@ def check_workdir(run: RunDir, config: ml_collections.ConfigDict, overwrite: boo
 
 
 class Datasets(NamedTuple):
-  """The random-access sources a run trains and validates on (see `data.make_dataset`)."""
+  """The random-access windows a run trains and validates on (`data.Source.open`)."""
   train: Any
   validation: Any
 
@@ -115,14 +108,14 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, devices=None,
   run.check(write=True)  # Config, data and the filesystem are checked before anything is written.
   config = runtime.resolve_config(config, len(devices) if devices else None)
   T, batch = config.model.seq_len, config.batch_size
+  source = data.source(config.data)
   if datasets is None:
-    datasets = Datasets(*(data.make_dataset(config.data, seq_len=T, split=split)
-                          for split in data.SPLITS))
+    datasets = Datasets(*(source.open(split, seq_len=T) for split in data.SPLITS))
   train_iter = data.make_iterator(datasets.train, batch_size=batch // jax.process_count(),
                                   seed=config.seed, shard_index=jax.process_index(),
                                   shard_count=jax.process_count(), shuffle=config.data.shuffle)
   setup = runtime.TrainSetup(config, devices)
-  check_workdir(run, config, overwrite)
+  check_workdir(run, config, source, overwrite)
   if jax.process_index() == 0:  # Only once the config and the data have been checked.
     run.create()
 
@@ -282,7 +275,7 @@ class NonFiniteGuard:
       logging.warning('Non-finite loss %s / grad norm %s at step %d: update skipped (%d in a row).',
                       loss, grad_norm, step, self.streak)
       return
-    raise FloatingPointError(
+    raise NonFiniteError(
         f'non-finite loss {loss} / grad norm {grad_norm} at step {step}; the last good checkpoint '
         f'is step {self.mngr.latest_step()}: lower optim.lr or set skip_nonfinite=True, then rerun.')
 

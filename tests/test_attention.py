@@ -22,7 +22,7 @@ import pytest
 from flax import nnx
 
 from fastslow_jax import models, sharding
-from fastslow_jax.configs.common import SHARDING_RULES
+from fastslow_jax.configs.schema import SHARDING_RULES
 from fastslow_jax.models import ModelConfig, attention_backends
 from fastslow_jax.models import attention_kernels as attention_lib
 
@@ -348,7 +348,7 @@ def test_aot_compile_refuses_a_kernel_the_target_cannot_run():
 
 def test_kernel_choice_and_tiles_keep_a_workdir_resumable(tmp_path):
   # Checkpoints written before the tile fields existed, or with another backend, still resume.
-  from fastslow_jax import train
+  from fastslow_jax import data, train
   from fastslow_jax.configs import fastslow
   from fastslow_jax.rundir import RunDir
   run, config = RunDir(tmp_path), fastslow.get_config('size=tiny')
@@ -359,10 +359,11 @@ def test_kernel_choice_and_tiles_keep_a_workdir_resumable(tmp_path):
   (run.checkpoints / '100').mkdir(parents=True)
   config.unlock()
   config.model.update(attention_impl='splash', attention_block_q=256, attention_block_kv=1024)
-  train.check_workdir(run, config, overwrite=False)
+  source = data.source(config.data)
+  train.check_workdir(run, config, source, overwrite=False)
   config.model.num_heads = 2  # What is computed changes: refused.
   with pytest.raises(ValueError, match='different model'):
-    train.check_workdir(run, config, overwrite=False)
+    train.check_workdir(run, config, source, overwrite=False)
 
 
 def test_config_tiles_reach_both_paths(monkeypatch):

@@ -9,17 +9,18 @@ import orbax.checkpoint as ocp
 import pytest
 
 from fastslow_jax import configlib, data, runtime
+from fastslow_jax.configs import schema
 from fastslow_jax.data import synthetic, text
 
 
 def synthetic_config(**overrides):
-  cfg = data.default_data_config()
+  cfg = schema.defaults().data
   cfg.update({'num_train_windows': 256, 'num_val_windows': 64, **overrides})
   return cfg
 
 
 def text_config(files, **overrides):
-  cfg = data.default_data_config()
+  cfg = schema.defaults().data
   cfg.update({'kind': 'text', 'path': str(files), **overrides})
   return cfg
 
@@ -42,7 +43,7 @@ def test_synthetic_is_deterministic_random_access_and_in_range():
   np.testing.assert_array_equal(wa[:100], windows_of(b))  # Window i depends on i alone.
   source = synthetic.source_for(64, 4, 16.0, 0.3, 1234)
   np.testing.assert_array_equal(source.sample([7, 3], 33, 'train')[0], wa[[7, 3]])
-  assert wa.min() >= 0 and wa.max() < cfg.vocab_size == data.vocab_size(cfg) == a.vocab_size
+  assert wa.min() >= 0 and wa.max() < cfg.vocab_size == data.source(cfg).vocab_size == a.vocab_size
   assert len(np.unique(wa)) == cfg.vocab_size
   assert not np.array_equal(wa[:64], windows_of(val))  # Splits are different draws.
   with pytest.raises(IndexError):
@@ -88,17 +89,17 @@ def _brute_force_ce(source, tokens):
 def test_bayes_optimal_loss_matches_enumeration_over_regime_paths():
   cfg = synthetic_config(vocab_size=5, num_regimes=2, regime_period=3, concentration=0.5,
                          source_seed=3, num_val_windows=6)
-  per_position = data.bayes_optimal_ce_per_position(cfg, seq_len=4)
+  per_position = data.source(cfg).bayes_optimal_ce_per_position(seq_len=4)
   source = synthetic.source_for(5, 2, 3.0, 0.5, 3)
   tokens = windows_of(data.make_dataset(cfg, seq_len=4, split='validation'))
   assert per_position.shape == (4,)
   np.testing.assert_allclose(per_position, _brute_force_ce(source, tokens), rtol=1e-10)
-  assert data.bayes_optimal_ce(cfg, seq_len=4) == pytest.approx(per_position.mean(), rel=1e-12)
+  assert data.source(cfg).bayes_optimal_ce(seq_len=4) == pytest.approx(per_position.mean(), rel=1e-12)
 
 
 def test_bayes_optimal_loss_lies_between_knowing_and_ignoring_the_regime():
   cfg = synthetic_config()
-  optimum = data.bayes_optimal_ce(cfg, seq_len=64)
+  optimum = data.source(cfg).bayes_optimal_ce(seq_len=64)
   source = synthetic.source_for(64, 4, 16.0, 0.3, 1234)
   tokens, regimes = source.sample(np.arange(64), 65, 'validation')
   np.testing.assert_array_equal(tokens, windows_of(data.make_dataset(cfg, seq_len=64,
@@ -109,15 +110,14 @@ def test_bayes_optimal_loss_lies_between_knowing_and_ignoring_the_regime():
   unigram = np.bincount(nxt.ravel(), minlength=64) / nxt.size
   entropy = -(unigram[unigram > 0] * np.log(unigram[unigram > 0])).sum()
   assert 0 < oracle < optimum < mixture < entropy <= np.log(64)
-  per_position = data.bayes_optimal_ce_per_position(cfg, seq_len=64)
+  per_position = data.source(cfg).bayes_optimal_ce_per_position(seq_len=64)
   assert per_position[0] > per_position[32:].mean() + 0.2  # The filter learns the regime.
-  with pytest.raises(ValueError, match='data.kind=synthetic'):
-    data.bayes_optimal_ce(text_config('x'), seq_len=8)
+  assert not hasattr(data.source(text_config('x')), 'bayes_optimal_ce')  # Only where it is known.
 
 
 def test_unknown_kind_and_split_are_errors():
   with pytest.raises(ValueError, match="data.kind='wiki' is unknown: choose one of synthetic"):
-    data.vocab_size(synthetic_config(kind='wiki'))
+    data.source(synthetic_config(kind='wiki')).vocab_size
   with pytest.raises(ValueError, match='data.kind'):
     data.make_dataset(synthetic_config(kind='wiki'), seq_len=8, split='train')
   with pytest.raises(ValueError, match="split='test'"):
@@ -133,7 +133,7 @@ def test_text_windows_split_and_vocabulary(tmp_path):
   cfg = text_config(f'{tmp_path}/*.txt', val_fraction=0.1)
   train = data.make_dataset(cfg, seq_len=16, split='train')
   val = data.make_dataset(cfg, seq_len=16, split='validation')
-  assert train.vocab_size == val.vocab_size == data.vocab_size(cfg) == 257
+  assert train.vocab_size == val.vocab_size == data.source(cfg).vocab_size == 257
   assert train.bits_per_token_unit == 'byte'
   stream = text.read_text_files(cfg.path)
   assert len(stream) == 2400 + 3400 + 2 and stream.max() == text.END_OF_DOCUMENT
@@ -229,7 +229,7 @@ def tfds_dir(tmp_path_factory):
 
 
 def tfds_config(data_dir, name, **overrides):
-  cfg = data.default_data_config()
+  cfg = schema.defaults().data
   cfg.update(dict(kind='tfds', tfds_name=name, tfds_data_dir=str(data_dir), **overrides))
   return cfg
 
@@ -243,7 +243,7 @@ def test_tfds_reads_a_prepared_dataset(tfds_dir):
   cfg = tfds_config(tfds_dir, 'tiny_stories')
   train = data.make_dataset(cfg, seq_len=32, split='train')
   val = data.make_dataset(cfg, seq_len=32, split='validation')
-  assert train.vocab_size == data.vocab_size(cfg) == 257 and train.bits_per_token_unit == 'byte'
+  assert train.vocab_size == data.source(cfg).vocab_size == 257 and train.bits_per_token_unit == 'byte'
   assert len(train) == (len(train.stream) - 1) // 32 and len(train) > len(val) > 0
   assert (train.stream == text.END_OF_DOCUMENT).sum() == 40 == train.stream[-1:].size * 40
   ids = sorted(int(d.split(':')[0].split()[1]) for d in _documents(train.stream))

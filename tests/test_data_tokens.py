@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from fastslow_jax import data
+from fastslow_jax.configs import schema
 from fastslow_jax.data import documents, prepare, text, tokenizers, tokens
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -38,7 +39,7 @@ def write_paragraphs(path, docs):
 
 
 def tokens_config(path):
-  cfg = data.default_data_config()
+  cfg = schema.defaults().data
   cfg.update({'kind': 'tokens', 'path': str(path)})
   return cfg
 
@@ -437,7 +438,7 @@ def test_shakespeare_with_bpe_2048_as_the_readme_says(shakespeare_path, tmp_path
   assert round(train['bytes'] / train['tokens'], 2) == 2.89
   assert manifest['tokenizer']['vocab_size'] == 2048
   cfg = tokens_config(tmp_path / 'ds')
-  tok, stream = data.tokenizer_for(cfg), all_tokens(tmp_path / 'ds', 'validation')
+  tok, stream = data.source(cfg).tokenizer, all_tokens(tmp_path / 'ds', 'validation')
   text = shakespeare_path.read_text()
   assert all(doc in text for doc in split_documents(tok, stream))
 
@@ -450,7 +451,7 @@ def test_tokens_source_windows_vocabulary_and_bits(corpus, prepared):
   cfg = tokens_config(out)
   manifest = json.loads((out / tokens.DATASET_FILE).read_text())
   train = data.make_dataset(cfg, seq_len=32, split='train')
-  assert data.vocab_size(cfg) == train.vocab_size == 300 and train.bits_per_token_unit == 'token'
+  assert data.source(cfg).vocab_size == train.vocab_size == 300 and train.bits_per_token_unit == 'token'
   stream = all_tokens(out, 'train')
   assert len(manifest['splits']['train']['shards']) > 3  # Windows cross shard boundaries.
   assert len(train) == (len(stream) - 1) // 32
@@ -461,23 +462,23 @@ def test_tokens_source_windows_vocabulary_and_bits(corpus, prepared):
   assert train.bytes_per_token == info['bytes'] / info['tokens'] > 1.5
   assert data.bits(train, 2.0) == pytest.approx({
       'bits_per_token': 2 / np.log(2), 'bits_per_byte': 2 / np.log(2) / train.bytes_per_token})
-  text_cfg = data.default_data_config()
+  text_cfg = schema.defaults().data
   text_cfg.update({'kind': 'text', 'path': str(corpus[0] / 'a.txt')})
   text_ds = data.make_dataset(text_cfg, seq_len=32, split='train')
   assert data.bits(text_ds, 2.0) == {'bits_per_byte': 2 / np.log(2)}  # As before: 1 byte/token.
-  tok = data.tokenizer_for(cfg)
-  assert tok.fingerprint == data.tokenizer_fingerprint(cfg) == manifest['tokenizer'][
+  tok = data.source(cfg).tokenizer
+  assert tok.fingerprint == data.source(cfg).fingerprint == manifest['tokenizer'][
       'fingerprint']
-  assert data.tokenizer_for(text_cfg) is tokenizers.BYTE and tokenizers.BYTE.eos_id == 256
-  assert data.tokenizer_fingerprint(text_cfg) == tokenizers.BYTE.fingerprint
+  assert data.source(text_cfg).tokenizer is tokenizers.BYTE and tokenizers.BYTE.eos_id == 256
+  assert data.source(text_cfg).fingerprint == tokenizers.BYTE.fingerprint
   assert tok.eos_id == tok.eod_id == 0  # Generation stops at the end of a document.
-  synthetic = data.default_data_config()
-  ids = data.tokenizer_for(synthetic)  # No text: prompts and samples are ids.
+  synthetic = schema.defaults().data
+  ids = data.source(synthetic).tokenizer  # No text: prompts and samples are ids.
   assert ids.encode(' 3 14\n15 ').tolist() == [3, 14, 15] and ids.decode([9, 2]) == ' 9 2'
   assert ids.eos_id is None and ids.vocab_size == synthetic.vocab_size
   with pytest.raises(ValueError, match="'3 x' is not token ids"):
     ids.encode('3 x')
-  assert data.tokenizer_fingerprint(synthetic) is None
+  assert data.source(synthetic).fingerprint is None
 
 
 def test_same_windows_for_any_process_count_with_disjoint_shards(prepared):
@@ -544,21 +545,21 @@ def test_damaged_or_missing_datasets_are_refused(prepared, tmp_path):
   refused('holds token id 65535 >= the vocabulary', lambda: ds[first // 16])
   shard.write_bytes(good)
   (out / tokenizers.FILE_NAMES['bpe']).unlink()
-  refused('tokenizer.json is missing', lambda: data.tokenizer_for(cfg))
+  refused('tokenizer.json is missing', lambda: data.source(cfg).tokenizer)
   (out / tokens.DATASET_FILE).unlink()
-  refused('has no dataset.json', lambda: data.vocab_size(cfg))
-  refused('is not a directory', lambda: data.vocab_size(tokens_config(tmp_path / 'nope')))
-  refused('data.path is empty', lambda: data.vocab_size(tokens_config('')))
+  refused('has no dataset.json', lambda: data.source(cfg).vocab_size)
+  refused('is not a directory', lambda: data.source(tokens_config(tmp_path / 'nope')).vocab_size)
+  refused('data.path is empty', lambda: data.source(tokens_config('')).vocab_size)
 
 
 def test_a_run_refuses_data_from_another_tokenizer(prepared):
   cfg = tokens_config(prepared[0])
-  mine = data.tokenizer_fingerprint(cfg)
-  data.check_tokenizer(cfg, mine)
-  data.check_tokenizer(cfg, None)  # Nothing recorded (an older run): nothing to compare.
+  mine = data.source(cfg).fingerprint
+  data.check_tokenizer(data.source(cfg), mine)
+  data.check_tokenizer(data.source(cfg), None)  # Nothing recorded (an older run): nothing to compare.
   with pytest.raises(ValueError, match=r'trained on tokenizer byte-60418b7945bd21d3, but '
                      r"data.path='.*' has bpe-[0-9a-f]{16}: use data prepared with the same"):
-    data.check_tokenizer(cfg, tokenizers.BYTE.fingerprint)
+    data.check_tokenizer(data.source(cfg), tokenizers.BYTE.fingerprint)
 
 
 def test_train_refuses_a_missing_dataset_in_one_line(tmp_path):
@@ -579,7 +580,7 @@ def test_train_refuses_a_missing_dataset_in_one_line(tmp_path):
 def test_train_evaluate_and_refuse_another_tokenizer(prepared, corpus, tmp_path):
   """A run on prepared tokens: vocabulary from the tokenizer, bits per byte in evaluation, and
   the workdir refuses data prepared with another tokenizer (before anything is written)."""
-  from fastslow_jax import configlib, evaluate, train
+  from fastslow_jax import configlib, evaluate, restoring, train
   out = tmp_path / 'ds'  # A copy of the dataset: it is prepared again with another tokenizer.
   shutil.copytree(prepared[0], out)
   config = configlib.load('fastslow:arm=coupled,size=tiny,P=8', {
@@ -609,7 +610,7 @@ def test_train_evaluate_and_refuse_another_tokenizer(prepared, corpus, tmp_path)
   shutil.rmtree(out)
   shutil.copytree(other, out)
   for call in (lambda: evaluate.evaluate(str(workdir), devices=jax.devices()[:1], mesh='1,1,1'),
-               lambda: evaluate.restore(str(workdir), devices=jax.devices()[:1], mesh='1,1,1')):
+               lambda: restoring.restore(str(workdir), devices=jax.devices()[:1], mesh='1,1,1')):
     with pytest.raises(ValueError, match=r'trained on tokenizer bpe-\w+, but data.path=.* has '
                        r'byte-\w+: use data prepared with the same tokenizer') as e:
       call()

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from fastslow_jax import configlib, evaluate, generate, metrics, models, runtime, train
+from fastslow_jax import configlib, evaluate, generate, metrics, models, restoring, runtime, train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NEW_FAMILIES = [f for f in models.FAMILIES if f != 'fastslow']  # fastslow: test_train.py.
@@ -58,7 +58,7 @@ def test_frozen_arms_hold_their_parameters_through_train(family, arm, tmp_path):
   setup = runtime.TrainSetup(config, jax.devices()[:1])
   before = {p: np.asarray(v) for p, v in nnx.to_flat_state(setup.init_state().params)}
   train.train(config, tmp_path, devices=jax.devices()[:1])
-  after = evaluate.restore(str(tmp_path), devices=jax.devices()[:1]).params
+  after = restoring.restore(str(tmp_path), devices=jax.devices()[:1]).params
   frozen = 'slow' if arm == 'slow_frozen' else 'gate'
   moved = {p: not np.array_equal(np.asarray(v), before[p]) for p, v in nnx.to_flat_state(after)}
   assert any(frozen in p for p in moved)
@@ -71,7 +71,7 @@ def test_generate_from_a_trained_run(family, tmp_path):
   """The restored model decodes (through its caches) exactly what its parallel forward says."""
   train.train(family_config(family, **{'mesh.data': 1, 'total_steps': 3}), tmp_path,
               devices=jax.devices()[:1])
-  model = evaluate.restore(str(tmp_path), devices=jax.devices()[:1]).model()
+  model = restoring.restore(str(tmp_path), devices=jax.devices()[:1]).model()
   prompt = [3, 1, 4, 1, 5]
   new, seen = generate.generate(model, [prompt], max_new_tokens=8, return_logits=True)
   full = np.asarray(model(np.asarray([prompt + new[0]], np.int32)))[0]

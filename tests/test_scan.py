@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from fastslow_jax import configlib, evaluate, models, runtime, sharding, train
+from fastslow_jax import configlib, models, restoring, runtime, sharding, train
 from fastslow_jax.models import scan
 
 VOCAB = 48
@@ -187,7 +187,7 @@ def test_a_scanned_checkpoint_restores_in_either_layout(tmp_path):
       'log_every': 1, 'eval_every': 3, 'eval_batches': 1, 'checkpoint_every': 3,
       'data.num_train_windows': 64, 'data.num_val_windows': 16, 'mesh.data': 1})
   train.train(config, str(tmp_path), devices=jax.devices()[:1])
-  restored = {scan: evaluate.restore(str(tmp_path), devices=jax.devices()[:1], mesh='1,1,1',
+  restored = {scan: restoring.restore(str(tmp_path), devices=jax.devices()[:1], mesh='1,1,1',
                                      scan_layers=scan) for scan in (None, False)}
   assert restored[None].setup.model_config.scan_layers
   assert not restored[False].setup.model_config.scan_layers

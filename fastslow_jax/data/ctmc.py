@@ -22,8 +22,12 @@ faster than y drifts.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from scipy import linalg
+
+from fastslow_jax.errors import UsageError
 
 
 def stationary(Q: np.ndarray) -> np.ndarray:
@@ -44,7 +48,7 @@ class CTMCSource:
                period_range: tuple[float, float] = (384.0, 1536.0), rate: float = 1.0,
                concentration: float = 0.5, seed: int = 0):
     if vocab_size < 2 or levels < 1 or not 0 < period_range[0] <= period_range[1] or rate <= 0:
-      raise ValueError('CTMCSource needs vocab_size >= 2, levels >= 1, 0 < period_range[0] <= '
+      raise UsageError('CTMCSource needs vocab_size >= 2, levels >= 1, 0 < period_range[0] <= '
                        'period_range[1] and rate > 0.')
     rng = np.random.default_rng(seed)
     V = vocab_size
@@ -105,3 +109,11 @@ class CTMCSource:
     """log p(x_t | x_{t-1}, y_t) [num, length-1]: the loss of a predictor told y (a lower bound
     on the Bayes-optimal loss, which must infer y from the tokens)."""
     return np.log(self.M[level[:, 1:], tokens[:, :-1], tokens[:, 1:]])
+
+
+@functools.lru_cache(maxsize=4)
+def source_for(vocab_size: int, *, levels: int, period_range: tuple[float, float], rate: float,
+               concentration: float, seed: int) -> CTMCSource:
+  """The (cached) source of these generative parameters."""
+  return CTMCSource(vocab_size, levels=levels, period_range=period_range, rate=rate,
+                    concentration=concentration, seed=seed)

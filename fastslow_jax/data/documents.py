@@ -24,6 +24,7 @@ import re
 from collections.abc import Iterator
 
 from fastslow_jax.data import text
+from fastslow_jax.errors import UsageError
 
 MODES = ('file', 'paragraph', 'line')
 PIECE_BYTES = 1 << 20  # The most text one piece (one tokenizer call) holds.
@@ -78,7 +79,7 @@ class TextFiles:
 
   def __init__(self, spec: str, mode: str, field: str):
     if mode not in MODES:
-      raise ValueError(f'--documents={mode!r} is unknown: choose one of {", ".join(MODES)}.')
+      raise UsageError(f'--documents={mode!r} is unknown: choose one of {", ".join(MODES)}.')
     self.paths, self.mode, self.field = text.resolve_paths(spec, '--input'), mode, field
     self.bytes = sum(os.path.getsize(p) for p in self.paths)
 
@@ -138,11 +139,11 @@ class TextFiles:
       try:
         doc = json.loads(line)[self.field]
       except (ValueError, TypeError, KeyError) as e:
-        raise ValueError(f'{path} record {number} has no string field --jsonl_field='
+        raise UsageError(f'{path} record {number} has no string field --jsonl_field='
                          f'{self.field!r} ({type(e).__name__}): fix the file or the field.'
                          ) from None
       if not isinstance(doc, str):
-        raise ValueError(f'{path} record {number}: --jsonl_field={self.field!r} is a '
+        raise UsageError(f'{path} record {number}: --jsonl_field={self.field!r} is a '
                          f'{type(doc).__name__}, not a string: name a text field.')
       if doc:
         yield doc.encode('utf-8', 'replace'), True
@@ -159,7 +160,7 @@ def _blocks(path: str, advance=None) -> Iterator[bytes]:
           done = raw.tell()
         yield block
   except (OSError, EOFError) as e:  # Unreadable, or a damaged .gz.
-    raise ValueError(f'--input file {path} cannot be read ({type(e).__name__}: {e}): fix or '
+    raise UsageError(f'--input file {path} cannot be read ({type(e).__name__}: {e}): fix or '
                      'remove it.') from None
 
 

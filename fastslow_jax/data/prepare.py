@@ -31,8 +31,9 @@ import numpy as np
 import tqdm
 
 from fastslow_jax import rundir
-from fastslow_jax.configs.common import default_data_config
+from fastslow_jax.configs import schema
 from fastslow_jax.data import documents, tokenizers, tokens
+from fastslow_jax.errors import UsageError
 
 DEFAULT_TASK_BYTES = 1 << 20  # Text per worker task: the unit of work and of resumption.
 DEFAULT_SHARD_TOKENS = 1 << 27  # 256 MiB of uint16 per shard.
@@ -47,12 +48,12 @@ def prepare(output: str, tokenizer: str = 'byte', *, input: str = '', tfds_name:
   """Writes (or resumes, or finds finished) the dataset in `output`; returns its manifest.
 
   `tfds_fields`: tfds_data_dir, tfds_text_feature, tfds_train_split, tfds_val_split (defaults
-  from the data config). Bad arguments or input raise a one-line ValueError before anything is
+  from the data config). Bad arguments or input raise a one-line UsageError before anything is
   written.
   """
   if not str(output).strip():
-    raise ValueError('--output is empty: name the directory to write the dataset to.')
-  cfg = default_data_config()
+    raise UsageError('--output is empty: name the directory to write the dataset to.')
+  cfg = schema.defaults().data
   cfg.update(dict(tfds_name=tfds_name, **tfds_fields))
   val_fraction = cfg.val_fraction if val_fraction is None else val_fraction
   num_workers = os.cpu_count() if num_workers is None else num_workers
@@ -76,7 +77,7 @@ def prepare(output: str, tokenizer: str = 'byte', *, input: str = '', tfds_name:
   try:
     os.makedirs(out, exist_ok=True)  # Everything has been checked: the first write.
   except OSError as e:
-    raise ValueError(f'--output {out} cannot be created ({e.strerror or e}): choose another '
+    raise UsageError(f'--output {out} cannot be created ({e.strerror or e}): choose another '
                      '--output.') from None
   lock = _lock(out)
   try:
@@ -97,7 +98,7 @@ def _lock(out: str) -> int:
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
   except OSError:
     os.close(fd)
-    raise ValueError(f'--output={out!r} is being written by another prepare: wait for it, or '
+    raise UsageError(f'--output={out!r} is being written by another prepare: wait for it, or '
                      'use another --output.') from None
   return fd
 
@@ -117,19 +118,19 @@ def _write(out, state, arguments, given, plan, num_workers, shard_tokens, bpe_tr
 
 def _check_numbers(val_fraction, num_workers, shard_tokens, task_bytes, bpe_train_bytes) -> None:
   if not 0 < val_fraction < 1:
-    raise ValueError(f'--val_fraction={val_fraction} is invalid: use a value in (0, 1).')
+    raise UsageError(f'--val_fraction={val_fraction} is invalid: use a value in (0, 1).')
   if num_workers < 0:
-    raise ValueError(f'--num_workers={num_workers} is invalid: use 0 (no worker processes) or '
+    raise UsageError(f'--num_workers={num_workers} is invalid: use 0 (no worker processes) or '
                      'more.')
   for name, value in (('shard_tokens', shard_tokens), ('task_bytes', task_bytes),
                       ('bpe_train_bytes', bpe_train_bytes)):
     if value < 1:
-      raise ValueError(f'--{name}={value} is invalid: use a positive integer.')
+      raise UsageError(f'--{name}={value} is invalid: use a positive integer.')
 
 
 def _inputs(input: str, cfg, mode: str, field: str) -> list:
   if bool(input) == bool(cfg.tfds_name):
-    raise ValueError('give exactly one of --input (local files) and --tfds_name (a TFDS '
+    raise UsageError('give exactly one of --input (local files) and --tfds_name (a TFDS '
                      'dataset prepared as array_record).')
   if input:
     return [documents.TextFiles(input, mode, field)]
@@ -170,22 +171,22 @@ def _existing_state(out: str, arguments: dict) -> tuple[dict | None, bool]:
   if not os.path.exists(out):
     return None, False
   if not os.path.isdir(out):
-    raise ValueError(f'--output={out!r} is a file: give a directory.')
+    raise UsageError(f'--output={out!r} is a file: give a directory.')
   for name, complete in ((tokens.DATASET_FILE, True), (tokens.PROGRESS_FILE, False)):
     path = os.path.join(out, name)
     if os.path.isfile(path):
       try:
         state = _read_json(path)
       except ValueError:
-        raise ValueError(f'{path} is damaged: delete --output={out!r} and prepare again.'
+        raise UsageError(f'{path} is damaged: delete --output={out!r} and prepare again.'
                          ) from None
       if state.get('arguments') != arguments:
-        raise ValueError(f'--output={out!r} holds a dataset prepared with other arguments '
+        raise UsageError(f'--output={out!r} holds a dataset prepared with other arguments '
                          f'({_difference(state.get("arguments") or {}, arguments)}): use a new '
                          '--output, or delete that directory.')
       return state, complete
   if os.listdir(out):
-    raise ValueError(f'--output={out!r} is not empty and holds no prepared dataset: use a new or '
+    raise UsageError(f'--output={out!r} is not empty and holds no prepared dataset: use a new or '
                      'empty directory.')
   return None, False
 
@@ -206,14 +207,14 @@ def _count_documents(inputs: list, val_fraction: float) -> list[int]:
     for stream in inputs:
       counts.append(stream.count(bar.update))
   if not sum(counts):
-    raise ValueError('the input holds no documents (empty files or only blank lines): give '
+    raise UsageError('the input holds no documents (empty files or only blank lines): give '
                      'files with text.')
   for stream, n in zip(inputs, counts):
     if stream.split is None and not 1 <= documents.holdout(n, val_fraction) < n:
-      raise ValueError(f'the input holds {n} document(s), too few to hold out validation: use '
+      raise UsageError(f'the input holds {n} document(s), too few to hold out validation: use '
                        '--documents=paragraph or line, more files, or another --val_fraction.')
     if stream.split == 'validation' and not n:
-      raise ValueError(f'--tfds_val_split={stream.name!r} has no documents: name another split.')
+      raise UsageError(f'--tfds_val_split={stream.name!r} has no documents: name another split.')
   return counts
 
 
@@ -270,7 +271,7 @@ class Plan:
           yield split, pending[split]
           pending[split], size[split] = [], 0
       if doc != n:
-        raise ValueError(f'the input changed while being prepared ({doc} documents, {n} '
+        raise UsageError(f'the input changed while being prepared ({doc} documents, {n} '
                          'counted): rerun when it is stable.')
     for split in tokens.SPLITS:
       if pending[split]:
@@ -416,7 +417,7 @@ def _finish(out: str, state: dict) -> dict:
 def define_flags() -> None:
   from absl import flags
 
-  defaults = default_data_config()
+  defaults = schema.defaults().data
   flags.DEFINE_string('output', None, 'Directory to write (or resume, or verify).')
   flags.DEFINE_string('input', '', 'Local text files: comma-separated paths or globs (.gz read '
                       'as gzip; *.jsonl as JSON lines).')

@@ -21,8 +21,6 @@ import functools
 
 import numpy as np
 
-from fastslow_jax.configs import ranges
-
 SPLIT_IDS = {'train': 0, 'validation': 1}
 _GAMMA = 0x9E3779B97F4A7C15  # splitmix64 increment.
 
@@ -45,10 +43,6 @@ class FastSlowSource:
 
   def __init__(self, vocab_size: int, num_regimes: int, regime_period: float,
                concentration: float, seed: int):
-    for field, value in (('vocab_size', vocab_size), ('num_regimes', num_regimes),
-                         ('regime_period', regime_period), ('concentration', concentration),
-                         ('source_seed', seed)):
-      ranges.check_value(f'data.{field}', value)
     K, V = num_regimes, vocab_size
     self.K, self.V, self.seed = K, V, seed
     self.switch = 1.0 / regime_period if K > 1 else 0.0

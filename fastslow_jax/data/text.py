@@ -19,8 +19,8 @@ import re
 
 import numpy as np
 
-from fastslow_jax.configs import ranges
 from fastslow_jax.data.tokenizers import BYTE, END_OF_DOCUMENT, VOCAB_SIZE  # noqa: F401
+from fastslow_jax.errors import UsageError
 
 
 def encode_documents(documents) -> np.ndarray:
@@ -37,11 +37,11 @@ def resolve_paths(spec: str, field: str = 'data.path') -> list[str]:
   for item in filter(None, (s.strip() for s in str(spec or '').split(','))):
     matches = sorted(glob.glob(os.path.expanduser(item)))
     if not matches:
-      raise ValueError(f'{field}={item!r} matches no file: give existing text files '
+      raise UsageError(f'{field}={item!r} matches no file: give existing text files '
                        '(comma-separated paths or globs).')
     paths.extend(m for m in matches if os.path.isfile(m))
   if not paths:
-    raise ValueError(f'{field}={spec!r} names no text file: set it to one or more text files '
+    raise UsageError(f'{field}={spec!r} names no text file: set it to one or more text files '
                      '(comma-separated paths or globs).')
   return paths
 
@@ -53,13 +53,12 @@ def read_text_files(spec: str) -> np.ndarray:
     with open(path, 'rb') as f:
       documents.append(f.read())
   if not any(documents):
-    raise ValueError(f'data.path={spec!r} holds only empty files: give files with text.')
+    raise UsageError(f'data.path={spec!r} holds only empty files: give files with text.')
   return encode_documents(documents)
 
 
 def split_stream(stream: np.ndarray, val_fraction: float, split: str) -> np.ndarray:
   """The head (train) or the last `val_fraction` (validation) of a token stream."""
-  ranges.check_value('data.val_fraction', val_fraction)
   cut = int(len(stream) * (1 - val_fraction))
   return stream[:cut] if split == 'train' else stream[cut:]
 
@@ -82,19 +81,19 @@ def tfds_builder(name: str, data_dir: str):
   from etils import epath
 
   if not name:
-    raise ValueError('data.tfds_name is empty: set it to a TFDS dataset prepared (array_record) '
+    raise UsageError('data.tfds_name is empty: set it to a TFDS dataset prepared (array_record) '
                      'in data.tfds_data_dir.')
   if data_dir and not epath.Path(data_dir).exists():
-    raise ValueError(f'data.tfds_data_dir={data_dir!r} does not exist: point it at the directory '
+    raise UsageError(f'data.tfds_data_dir={data_dir!r} does not exist: point it at the directory '
                      'holding the prepared dataset.')
   where = f'data.tfds_data_dir={data_dir or "~/tensorflow_datasets"!r}'
   try:
     builder = tfds.builder(name, data_dir=data_dir or None)
   except Exception as e:  # DatasetNotFoundError, AssertionError (version), ...
-    raise ValueError(f'data.tfds_name={name!r} is not found in {where} ({_one_line(e)}): fix the '
+    raise UsageError(f'data.tfds_name={name!r} is not found in {where} ({_one_line(e)}): fix the '
                      'name or prepare the dataset there with file_format=array_record.') from None
   if not builder.is_prepared():
-    raise ValueError(f'data.tfds_name={name!r} is not prepared in {where}: prepare it there first '
+    raise UsageError(f'data.tfds_name={name!r} is not prepared in {where}: prepare it there first '
                      f'(tfds build {name} --data_dir=... --file_format=array_record).')
   return builder
 
@@ -110,7 +109,7 @@ def tfds_splits(cfg) -> tuple[object, str, str | None]:
   builder = tfds_builder(cfg.tfds_name, cfg.tfds_data_dir)
   choices = sorted(builder.info.splits)
   if not _has_split(builder, cfg.tfds_train_split):
-    raise ValueError(f'data.tfds_train_split={cfg.tfds_train_split!r} is not a split of '
+    raise UsageError(f'data.tfds_train_split={cfg.tfds_train_split!r} is not a split of '
                      f'{cfg.tfds_name!r}: choose one of {choices}.')
   val = cfg.tfds_val_split if _has_split(builder, cfg.tfds_val_split) else None
   return builder, cfg.tfds_train_split, val
@@ -135,7 +134,7 @@ def tfds_source(builder, cfg, split: str):
   try:
     return builder.as_data_source(split=split)
   except Exception as e:  # E.g. prepared as tfrecord, which has no random access.
-    raise ValueError(f'data.tfds_name={cfg.tfds_name!r} split {split!r} cannot be read with '
+    raise UsageError(f'data.tfds_name={cfg.tfds_name!r} split {split!r} cannot be read with '
                      f'random access ({_one_line(e)}): prepare it with file_format=array_record.'
                      ) from None
 
@@ -146,6 +145,6 @@ def tfds_documents(source, cfg):
   for first in range(0, len(source), 1024):
     for example in source.__getitems__(list(range(first, min(first + 1024, len(source))))):
       if feature not in example:
-        raise ValueError(f'data.tfds_text_feature={feature!r} is not a feature of '
+        raise UsageError(f'data.tfds_text_feature={feature!r} is not a feature of '
                          f'{cfg.tfds_name!r}: choose one of {sorted(example)}.')
       yield example[feature]

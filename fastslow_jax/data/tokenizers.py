@@ -31,6 +31,8 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from fastslow_jax.errors import UsageError
+
 KINDS = ('byte', 'bpe', 'hf', 'sentencepiece')
 END_OF_DOCUMENT = 256  # The byte tokenizer's end-of-document id; its vocabulary is 257.
 VOCAB_SIZE = 257
@@ -141,7 +143,7 @@ class IdsTokenizer(Tokenizer):
       try:
         out.append(np.asarray([int(t) for t in text.split()], np.int64))
       except ValueError:
-        raise ValueError(f'{text[:40]!r} is not token ids: give ids separated by spaces (the '
+        raise UsageError(f'{text[:40]!r} is not token ids: give ids separated by spaces (the '
                          'synthetic source has no text).') from None
     return out
 
@@ -159,7 +161,7 @@ class HFTokenizer(Tokenizer):
     try:
       self._tok = hf.Tokenizer.from_str(blob.decode('utf-8'))
     except Exception as e:  # A malformed file: JSON or model errors of several types.
-      raise ValueError(f'{spec!r} is not a readable tokenizer.json ({type(e).__name__}): give a '
+      raise UsageError(f'{spec!r} is not a readable tokenizer.json ({type(e).__name__}): give a '
                        'file saved by the tokenizers library.') from None
     self._tok.encode_special_tokens = True  # Text spelling '<|endoftext|>' stays text.
     size = self._tok.get_vocab_size(with_added_tokens=True)
@@ -192,7 +194,7 @@ class SentencePieceTokenizer(Tokenizer):
     try:
       self._sp.LoadFromSerializedProto(blob)
     except Exception as e:  # RuntimeError / OSError on a file that is not a model.
-      raise ValueError(f'{spec!r} is not a readable SentencePiece model ({type(e).__name__}): '
+      raise UsageError(f'{spec!r} is not a readable SentencePiece model ({type(e).__name__}): '
                        'give a .model file written by SentencePieceTrainer.') from None
     size, eos = self._sp.vocab_size(), self._sp.eos_id()
     if eos >= 0:
@@ -214,13 +216,13 @@ def parse_spec(spec: str) -> tuple[str, str]:
   """'bpe:2048' -> ('bpe', '2048'); checks the form (and that a named file exists)."""
   kind, _, arg = str(spec).partition(':')
   if kind not in KINDS or (kind == 'byte') != (arg == ''):
-    raise ValueError(f'--tokenizer={spec!r} is unknown: use {SPEC_HELP}.')
+    raise UsageError(f'--tokenizer={spec!r} is unknown: use {SPEC_HELP}.')
   if kind == 'bpe' and not (arg.isdigit() and VOCAB_SIZE + 1 <= int(arg) <= 2**32):
-    raise ValueError(f'--tokenizer={spec!r} needs a vocabulary size of at least '
+    raise UsageError(f'--tokenizer={spec!r} needs a vocabulary size of at least '
                      f'{VOCAB_SIZE + 1} (256 bytes, the end of document and one merge): '
                      'e.g. bpe:2048.')
   if kind in ('hf', 'sentencepiece') and not os.path.isfile(os.path.expanduser(arg)):
-    raise ValueError(f'--tokenizer={spec!r}: {arg} is not a file: give the path of an existing '
+    raise UsageError(f'--tokenizer={spec!r}: {arg} is not a file: give the path of an existing '
                      f'{FILE_NAMES[kind]}.')
   return kind, arg
 
@@ -238,7 +240,7 @@ def from_spec(spec: str) -> Tokenizer:
   """The tokenizer of a `byte`, `hf:` or `sentencepiece:` spec (bpe needs `train_bpe` first)."""
   kind, arg = parse_spec(spec)
   if kind == 'bpe':
-    raise ValueError(f'--tokenizer={spec!r} is trained on the input: prepare a dataset with it.')
+    raise UsageError(f'--tokenizer={spec!r} is trained on the input: prepare a dataset with it.')
   blob = b''
   if arg:
     with open(os.path.expanduser(arg), 'rb') as f:
@@ -277,11 +279,11 @@ def from_record(rec: dict, directory: str) -> Tokenizer:
   if rec['kind'] != 'byte':
     path = os.path.join(directory, rec['file'])
     if not os.path.isfile(path):
-      raise ValueError(f'{path} is missing: the prepared dataset is incomplete; prepare it again.')
+      raise UsageError(f'{path} is missing: the prepared dataset is incomplete; prepare it again.')
     with open(path, 'rb') as f:
       blob = f.read()
   tok = from_blob(rec['kind'], blob, rec['spec'])
   if tok.fingerprint != rec['fingerprint']:
-    raise ValueError(f'the tokenizer in {directory} ({tok.fingerprint}) is not the one its '
+    raise UsageError(f'the tokenizer in {directory} ({tok.fingerprint}) is not the one its '
                      f'dataset was tokenized with ({rec["fingerprint"]}): prepare it again.')
   return tok

@@ -24,6 +24,7 @@ import threading
 import numpy as np
 
 from fastslow_jax.data import tokenizers
+from fastslow_jax.errors import UsageError
 
 FORMAT = 'fastslow-tokens/1'
 DATASET_FILE = 'dataset.json'
@@ -39,23 +40,23 @@ def shard_name(split: str, index: int) -> str:
 def read_manifest(path: str, field: str = 'data.path') -> dict:
   """DIR/dataset.json, checked; errors name `field` (where the directory came from)."""
   if not path:
-    raise ValueError(f'{field} is empty: set it to a directory written by '
+    raise UsageError(f'{field} is empty: set it to a directory written by '
                      'python -m fastslow_jax.data.prepare.')
   file = os.path.join(os.path.expanduser(path), DATASET_FILE)
   if not os.path.isdir(os.path.expanduser(path)):
-    raise ValueError(f'{field}={path!r} is not a directory: point it at a dataset written by '
+    raise UsageError(f'{field}={path!r} is not a directory: point it at a dataset written by '
                      'python -m fastslow_jax.data.prepare.')
   if not os.path.isfile(file):
-    raise ValueError(f'{field}={path!r} has no {DATASET_FILE}: it is not a prepared dataset, or '
+    raise UsageError(f'{field}={path!r} has no {DATASET_FILE}: it is not a prepared dataset, or '
                      'its prepare did not finish (rerun the same prepare command to complete it).')
   try:
     with open(file) as f:
       manifest = json.load(f)
   except (OSError, ValueError) as e:
-    raise ValueError(f'{file} cannot be read ({type(e).__name__}): prepare the dataset '
+    raise UsageError(f'{file} cannot be read ({type(e).__name__}): prepare the dataset '
                      'again.') from None
   if not isinstance(manifest, dict) or manifest.get('format') != FORMAT:
-    raise ValueError(f'{file} is not a {FORMAT} dataset: prepare it again with this version.')
+    raise UsageError(f'{file} is not a {FORMAT} dataset: prepare it again with this version.')
   return manifest
 
 
@@ -101,7 +102,7 @@ class ShardedStream:
       self._read(i, out[pos - start:pos - start + take], pos - int(self._starts[i]))
       pos, i = pos + take, i + 1
     if out.size and int(out.max()) >= self.vocab_size:
-      raise ValueError(f'a shard of {os.path.dirname(self.files[0])} holds token id '
+      raise UsageError(f'a shard of {os.path.dirname(self.files[0])} holds token id '
                        f'{int(out.max())} >= the vocabulary ({self.vocab_size}): it is damaged; '
                        'prepare the dataset again.')
     return out
@@ -121,7 +122,7 @@ class ShardedStream:
       finally:
         os.close(fd)
     if got != view.nbytes:
-      raise ValueError(f'{self.files[i]} is shorter than dataset.json says: it is damaged; '
+      raise UsageError(f'{self.files[i]} is shorter than dataset.json says: it is damaged; '
                        'prepare the dataset again.')
 
   def close(self) -> None:
@@ -165,7 +166,7 @@ def open_split(path: str, split: str, field: str = 'data.path') -> tuple[Sharded
     size = os.path.getsize(file) if os.path.isfile(file) else None
     if size != shard['tokens'] * dtype.itemsize:
       what = 'is missing' if size is None else f'has {size} bytes, not {shard["tokens"]} tokens'
-      raise ValueError(f'{file} {what}: the dataset is damaged; prepare it again (rerun the same '
+      raise UsageError(f'{file} {what}: the dataset is damaged; prepare it again (rerun the same '
                        'prepare command into a new --output).')
     files.append(file)
   stream = ShardedStream(files, [s['tokens'] for s in info['shards']], dtype,
@@ -189,7 +190,7 @@ def verify(path: str, field: str = '--output') -> dict[str, int]:
     for shard in manifest['splits'][split]['shards']:
       file = os.path.join(os.path.expanduser(path), shard['file'])
       if file_sha256(file) != shard['sha256']:
-        raise ValueError(f'{file} does not match its checksum in {DATASET_FILE}: it is damaged; '
+        raise UsageError(f'{file} does not match its checksum in {DATASET_FILE}: it is damaged; '
                          'prepare the dataset again.')
   tokenizer(path, field)
   return {s: manifest['splits'][s]['tokens'] for s in SPLITS}

@@ -18,6 +18,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable
 
+from fastslow_jax.errors import UsageError
+
 
 @dataclasses.dataclass(frozen=True)
 class AttentionBackend:
@@ -50,9 +52,9 @@ ATTENTION_BACKENDS: dict[str, AttentionBackend] = {
 
 
 def backend(impl: str) -> AttentionBackend:
-  """The table entry for `impl`; an unknown name is a one-line ValueError."""
+  """The table entry for `impl`; an unknown name is a one-line UsageError."""
   if impl not in ATTENTION_BACKENDS:
-    raise ValueError(f'model.attention_impl={impl!r} is invalid: choose one of '
+    raise UsageError(f'model.attention_impl={impl!r} is invalid: choose one of '
                      f'{", ".join(ATTENTION_BACKENDS)}.')
   return ATTENTION_BACKENDS[impl]
 
@@ -65,7 +67,7 @@ def check_block(impl: str, field: str, block: int) -> None:
   power_of_two = block > 0 and block & (block - 1) == 0
   if not power_of_two or block < max(spec.min_block, 1):
     smallest = max(spec.min_block, 1)
-    raise ValueError(f'model.{field}={block} is invalid for attention_impl={impl!r}: use 0 (the '
+    raise UsageError(f'model.{field}={block} is invalid for attention_impl={impl!r}: use 0 (the '
                      f'backend default) or a power of two >= {smallest}.')
 
 
@@ -73,7 +75,7 @@ def check_dtype(impl: str, dtype: str) -> None:
   """The compute dtype is one the backend accepts (e.g. cuDNN attention needs 16-bit floats)."""
   spec = backend(impl)
   if spec.dtypes is not None and dtype not in spec.dtypes:
-    raise ValueError(f'model.attention_impl={impl!r} needs model.dtype in '
+    raise UsageError(f'model.attention_impl={impl!r} needs model.dtype in '
                      f'{{{", ".join(spec.dtypes)}}}, not {dtype!r}: set --config.model.dtype='
                      f'{spec.dtypes[0]} or choose another attention_impl.')
 
@@ -92,7 +94,7 @@ def check_attention_platform(impl: str, devices: Iterable) -> None:
   if wrong:
     runs_on = [n for n, s in ATTENTION_BACKENDS.items()
                if s.platforms is None or wrong[0] in s.platforms]
-    raise ValueError(f'model.attention_impl={impl!r} runs on {"/".join(spec.platforms)} only, '
+    raise UsageError(f'model.attention_impl={impl!r} runs on {"/".join(spec.platforms)} only, '
                      f'not on {wrong[0]}: choose one of {", ".join(runs_on)}.')
 
 

@@ -23,6 +23,7 @@ from flax.core import spmd as flax_spmd
 from jax.sharding import PartitionSpec
 
 from fastslow_jax.models import attention_backends
+from fastslow_jax.errors import UsageError
 
 Array = jax.Array
 
@@ -107,7 +108,7 @@ def _per_device(kernel):
     spec = PartitionSpec(*flax_spmd.from_sharding_rules(('batch', 'length', 'heads', 'kv'),
                                                         rules))
     if spec[1] is not None or spec[3] is not None:
-      raise ValueError(f'the sharding rules split the sequence or head dimension ({spec}): fused '
+      raise UsageError(f'the sharding rules split the sequence or head dimension ({spec}): fused '
                        "attention kernels need ('length', None) and ('kv', None).")
     return jax.shard_map(kernel, in_specs=(spec, spec, spec), out_specs=spec,
                          check_vma=False)(q, k, v)

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from fastslow_jax.models import decoder, fastslow, flops
+from fastslow_jax.models import decoder, fastslow, flops, roles
 from fastslow_jax.models.attention_kernels import masked_attention
 from fastslow_jax.models.config import ModelConfig
 from fastslow_jax.models.layers import (KVCache, default_init, embed_init, param,
@@ -93,9 +93,10 @@ class CompressedBlock(fastslow.Block):
   module docstring. The fast parameters are those of `fastslow.Block` for the same streams."""
 
   def _slow_path(self, cfg: ModelConfig, rngs: nnx.Rngs):
-    branch = CompressedBranch(cfg, rngs=rngs)
+    with roles.slow_path():
+      branch = CompressedBranch(cfg, rngs=rngs)
     return branch, param(rngs, nnx.initializers.zeros, (cfg.num_heads,), ('heads',),
-                         jnp.dtype(cfg.param_dtype))
+                         jnp.dtype(cfg.param_dtype), roles.Gate)
 
   def __call__(self, h: Array) -> tuple[Array, dict[str, Array]]:
     """Residual stream [B, T, D] -> (output, parts): `fast` (the causal attention update), and

@@ -1,7 +1,9 @@
 """Model hyper-parameters: one frozen dataclass, validated once, shared by every family and arm.
 
-A model family is a value of `ModelConfig.family` (`families.FAMILIES`: fastslow, hourglass,
-compressed) and an ablation arm a value of `ModelConfig.arm`, never a different config class:
+Its fields are the `model.*` declarations of `configs/schema.py` (type, default, choices, range,
+help); this module adds what relates them. A model family is a value of `ModelConfig.family`
+(`families.FAMILIES`: fastslow, hourglass, compressed) and an ablation arm a value of
+`ModelConfig.arm`, never a different config class:
 
   dense        no slow path at all (the GPT baseline, the same for every family).
   coupled      the family's full model: slow path (+ gate), everything trained.
@@ -13,88 +15,34 @@ compressed) and an ablation arm a value of `ModelConfig.arm`, never a different 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
-from fastslow_jax.configs import ranges
+from fastslow_jax.configs import schema
+from fastslow_jax.errors import UsageError
 from fastslow_jax.models import attention_backends, families
 
 ARMS = families.ARMS
-GATE_KINDS = ('scalar', 'channel')
-DTYPES = ('float32', 'bfloat16', 'float16')
-# What the backward pass keeps of a block (see `scan.SAVED_NAMES` for the named values).
-REMAT_POLICIES = ('none', 'full', 'dots_saveable', 'minimal')
-HOURGLASS_POOLS = ('average', 'linear')
-HOURGLASS_UPSAMPLES = ('repeat', 'linear')
+REMAT_POLICIES = schema.REMAT_POLICIES
 
 
-@dataclasses.dataclass(frozen=True)
+@schema.dataclass_of('model')
 class ModelConfig:
-  """Decoder-only transformer of one family, with its slow path per the arm."""
-
-  family: str = 'fastslow'  # A name in families.FAMILIES.
-  arm: str = 'coupled'
-  vocab_size: int = 256
-  seq_len: int = 128  # T: training context length.
-  d_model: int = 128
-  num_layers: int = 2
-  num_heads: int = 4
-  mlp_dim: int = 512  # SwiGLU hidden width.
-  # Slow path.
-  P: int = 16  # Pooling period: one slow step per P tokens (eps = 1/P).
-  slow_layers: str | Sequence[int] = 'all'  # 'all', 'every:k', '0,2,5' or a tuple of layer ids.
-  slow_num_heads: int = 4
-  phi_dim: int = 512  # Hidden width of phi_theta.
-  gate: str = 'scalar'  # 'scalar' or 'channel' (fastslow); compressed gates per head.
-  # Hourglass: layers before shortening, at T/P, after upsampling ('pre,inner,post'; '': from
-  # num_layers, see `hourglass_stages`), shortening by P and upsampling back.
-  hourglass_layers: str = ''
-  hourglass_pool: str = 'average'  # 'average' or 'linear' (a learned map of the P tokens).
-  hourglass_upsample: str = 'repeat'  # 'repeat' or 'linear' (a learned map per position).
-  # Compressed: hidden width of the MLP that compresses a block's P keys (or values) per head.
-  compress_dim: int = 64
-  # Shared.
-  tie_embeddings: bool = True
-  rope_theta: float = 10_000.0
-  attention_impl: str = 'reference'  # A name in attention_backends.ATTENTION_BACKENDS.
-  # Tiles of the fused kernels (splash, pallas_gpu), in sequence positions; 0: the kernel's default.
-  attention_block_q: int = 0
-  attention_block_kv: int = 0
-  dtype: str = 'float32'  # Compute dtype.
-  param_dtype: str = 'float32'
-  norm_eps: float = 1e-6
-  # Rematerialisation in the backward pass: 'none' keeps every activation; 'full' recomputes each
-  # block; 'dots_saveable' keeps matmul outputs; 'minimal' keeps only the named attention and MLP
-  # outputs (scan.SAVED_NAMES). (True / False, from older configs, mean 'full' / 'none'.)
-  remat: str = 'none'
-  # Stack identical layers and run them with one `jax.lax.scan` (compile time independent of
-  # depth). Mixed stacks scan over a repeating group of layers plus an unscanned remainder.
-  scan_layers: bool = False
+  """Decoder-only transformer of one family, with its slow path per the arm (fields: the
+  `model.*` entries of `configs/schema.py`)."""
 
   def __post_init__(self):
-    if isinstance(self.remat, bool):
+    if isinstance(self.remat, bool):  # True / False, from older configs: 'full' / 'none'.
       object.__setattr__(self, 'remat', 'full' if self.remat else 'none')
-    _check(self.remat in REMAT_POLICIES, 'remat', self.remat,
-           f'choose one of {", ".join(REMAT_POLICIES)}')
-    _check(self.arm in ARMS, 'arm', self.arm, f'choose one of {", ".join(ARMS)}')
+    for field in dataclasses.fields(self):  # Types, choices and ranges: declared once.
+      schema.check_value(f'model.{field.name}', getattr(self, field.name), allow_special=False)
     family = families.family(self.family)
     _check(self.arm in family.arms, 'arm', self.arm,
            f'family {self.family!r} has no gate; choose one of {", ".join(family.arms)}')
     if not family.slow_layers:
       _check(self.slow_layers == 'all', 'slow_layers', self.slow_layers,
              f"family {self.family!r} has no per-layer slow path; leave it at 'all'")
-    _check(self.hourglass_pool in HOURGLASS_POOLS, 'hourglass_pool', self.hourglass_pool,
-           f'choose one of {", ".join(HOURGLASS_POOLS)}')
-    _check(self.hourglass_upsample in HOURGLASS_UPSAMPLES, 'hourglass_upsample',
-           self.hourglass_upsample, f'choose one of {", ".join(HOURGLASS_UPSAMPLES)}')
     self.hourglass_stages  # Validates the stage layer counts.
-    _check(self.gate in GATE_KINDS, 'gate', self.gate, "choose 'scalar' or 'channel'")
-    for field in ('dtype', 'param_dtype'):
-      _check(getattr(self, field) in DTYPES, field, getattr(self, field),
-             f'choose one of {", ".join(DTYPES)}')
-    for field in dataclasses.fields(self):  # Sizes and constants: their ranges have one owner.
-      if f'model.{field.name}' in ranges.RANGES:  # A vocabulary of -1 must be resolved by now.
-        ranges.check_value(f'model.{field.name}', getattr(self, field.name), allow_special=False)
     self._check_attention()
     _check(self.d_model % self.num_heads == 0, 'num_heads', self.num_heads,
            f'it must divide model.d_model={self.d_model}; pick a divisor of {self.d_model}')
@@ -112,8 +60,7 @@ class ModelConfig:
              'model.d_model / model.slow_num_heads must be even for rotary embeddings')
 
   def _check_attention(self) -> None:
-    """The backend exists, takes the compute dtype and the tile sizes (platform: at run time)."""
-    attention_backends.backend(self.attention_impl)
+    """The backend takes the compute dtype and the tile sizes (platform: at run time)."""
     attention_backends.check_dtype(self.attention_impl, self.dtype)
     for field in ('attention_block_q', 'attention_block_kv'):
       attention_backends.check_block(self.attention_impl, field, getattr(self, field))
@@ -125,7 +72,7 @@ class ModelConfig:
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(cfg) - known)
     if unknown:
-      raise ValueError(f'unknown model field(s) {unknown}: valid fields are {sorted(known)}')
+      raise UsageError(f'unknown model field(s) {unknown}: valid fields are {sorted(known)}')
     return cls(**cfg)
 
   @property
@@ -217,4 +164,4 @@ def repeating_groups(pattern: tuple) -> tuple[int, int]:
 
 def _check(ok: bool, field: str, value: Any, fix: str) -> None:
   if not ok:
-    raise ValueError(f'model.{field}={value!r} is invalid: {fix}.')
+    raise UsageError(f'model.{field}={value!r} is invalid: {fix}.')

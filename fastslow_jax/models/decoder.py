@@ -60,6 +60,15 @@ class LanguageModel(nnx.Module):
     """`forward` from the token embeddings [B, T, D] on (for gradients with respect to them)."""
     raise NotImplementedError
 
+  def prefill(self, tokens: jax.Array, lengths: jax.Array, cache_length: int):
+    """One parallel pass over right-padded prompts tokens [B, L] of `lengths` [B]: (logits
+    [B, L, V], the decoding caches for `cache_length` positions per row). Unrolled layout."""
+    raise NotImplementedError
+
+  def decode(self, tokens: jax.Array, positions: jax.Array, caches):
+    """One token per row, tokens [B] at `positions` [B]: (logits [B, V], updated caches)."""
+    raise NotImplementedError
+
   def _logits(self, h: jax.Array) -> jax.Array:
     h = self.final_norm(h)
     logits = self.embed.attend(h) if self.head is None else self.head(h)

@@ -2,13 +2,7 @@
 
 `ModelConfig` validates `model.family` (and which arms a family has) against this table without
 loading any model code; `models.build`, the FLOP count and the layer layouts look the family's
-module up here. Adding a family is one module plus one entry.
-
-A family module defines:
-
-    build(cfg, rngs, slow_rngs) -> nnx.Module   the model of arm `coupled` / the frozen arms
-    flops_per_token(cfg, *, training, causal, seq_len) -> FlopCount
-    layer_stacks(cfg) -> {path prefix: per-layer pattern}   where its layers live (models.scan)
+module up here. Adding a family is one module implementing `FamilyModule` plus one entry.
 
 `arm='dense'` is one baseline shared by every family: the plain decoder of the `fastslow` family
 without slow paths, so a seed gives the same dense model whatever the family.
@@ -18,7 +12,30 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-from types import ModuleType
+from typing import TYPE_CHECKING, Any, Protocol
+
+from fastslow_jax.errors import UsageError
+
+if TYPE_CHECKING:
+  from flax import nnx
+
+  from fastslow_jax.models.config import ModelConfig
+  from fastslow_jax.models.decoder import LanguageModel
+  from fastslow_jax.models.flops import FlopCount
+
+
+class FamilyModule(Protocol):
+  """What a family's module defines (`fastslow.py`, `hourglass.py`, `compressed.py`)."""
+
+  def build(self, cfg: ModelConfig, rngs: nnx.Rngs) -> LanguageModel:
+    """The model of `cfg` (arm `coupled` or a frozen arm; `dense` is fastslow's)."""
+
+  def flops_per_token(self, cfg: ModelConfig, *, causal: bool, seq_len: int) -> FlopCount:
+    """Forward FLOPs per token for sequences of `seq_len` (`models.flops` conventions)."""
+
+  def layer_stacks(self, cfg: ModelConfig) -> dict[tuple[Any, ...], tuple[bool, ...]]:
+    """Where its stacks of layers live: {path prefix: per layer, whether it has a slow path}
+    (`models.scan` lays each stack out scanned or unrolled)."""
 
 
 # The ablation arms (PAPER.md): `dense` (no slow path), `coupled` (the full model), the gate frozen
@@ -52,13 +69,13 @@ FAMILIES: dict[str, Family] = {
 
 
 def family(name: str) -> Family:
-  """The table entry for `name`; an unknown name is a one-line ValueError."""
+  """The table entry for `name`; an unknown name is a one-line UsageError."""
   if name not in FAMILIES:
-    raise ValueError(f'model.family={name!r} is invalid: choose one of {", ".join(FAMILIES)}.')
+    raise UsageError(f'model.family={name!r} is invalid: choose one of {", ".join(FAMILIES)}.')
   return FAMILIES[name]
 
 
-def module(cfg) -> ModuleType:
+def module(cfg: ModelConfig) -> FamilyModule:
   """The module implementing the model `cfg` (a ModelConfig) describes; `dense` is the plain
   decoder of the fastslow family whatever `cfg.family` says."""
   name = 'fastslow' if cfg.arm == 'dense' else cfg.family

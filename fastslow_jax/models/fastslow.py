@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from fastslow_jax.models import decoder, flops
+from fastslow_jax.models import decoder, flops, remat, roles
 from fastslow_jax.models.config import ModelConfig
 from fastslow_jax.models.layers import (CausalSelfAttention, KVCache, RMSNorm, SwiGLU, constrain,
                                         param, step_where_blocks_complete)
@@ -58,11 +58,11 @@ class SlowPath(nnx.Module):
     dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
     self.attn = CausalSelfAttention(cfg.d_model, cfg.slow_num_heads, rope_theta=cfg.rope_theta,
                                     impl=cfg.attention_impl, dtype=dtype, param_dtype=param_dtype,
-                                    rngs=rngs, output_name='slow_attn',
+                                    rngs=rngs, output_name=remat.SLOW_ATTN,
                                     block_q=cfg.attention_block_q,
                                     block_kv=cfg.attention_block_kv)
     self.phi = SwiGLU(cfg.d_model, cfg.phi_dim, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
-                      output_name='phi')
+                      output_name=remat.PHI)
     self.P = cfg.P
 
   def __call__(self, x: Array) -> tuple[Array, dict[str, Array]]:
@@ -136,19 +136,21 @@ class Block(nnx.Module):
     self.fast = CausalSelfAttention(cfg.d_model, cfg.num_heads, rope_theta=cfg.rope_theta,
                                     impl=cfg.attention_impl, block_q=cfg.attention_block_q,
                                     block_kv=cfg.attention_block_kv, rngs=rngs,
-                                    output_name='fast_attn', **kw)
+                                    output_name=remat.FAST_ATTN, **kw)
     self.mlp_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps, rngs=rngs, **kw)
-    self.mlp = SwiGLU(cfg.d_model, cfg.mlp_dim, rngs=rngs, output_name='mlp', **kw)
+    self.mlp = SwiGLU(cfg.d_model, cfg.mlp_dim, rngs=rngs, output_name=remat.MLP, **kw)
     path, gate = self._slow_path(cfg, slow_rngs) if slow else (None, None)
     self.slow = path
     if slow:
       self.gate = gate
 
-  def _slow_path(self, cfg: ModelConfig, rngs: nnx.Rngs) -> tuple[nnx.Module, nnx.Param]:
+  def _slow_path(self, cfg: ModelConfig, rngs: nnx.Rngs) -> tuple[nnx.Module, roles.Gate]:
     """The layer's slow path and its zero-initialised gate (scalar or per channel)."""
-    slow = SlowPath(cfg, rngs=rngs)
+    with roles.slow_path():
+      slow = SlowPath(cfg, rngs=rngs)
     shape, axes = ((), ()) if cfg.gate == 'scalar' else ((cfg.d_model,), ('norm',))
-    return slow, param(rngs, nnx.initializers.zeros, shape, axes, jnp.dtype(cfg.param_dtype))
+    return slow, param(rngs, nnx.initializers.zeros, shape, axes, jnp.dtype(cfg.param_dtype),
+                       roles.Gate)
 
   def __call__(self, h: Array) -> tuple[Array, dict[str, Array]]:
     """Residual stream [B, T, D] -> (the block's output, its parts).

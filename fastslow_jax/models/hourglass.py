@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from fastslow_jax.models import decoder, fastslow, flops
+from fastslow_jax.models import decoder, fastslow, flops, roles
 from fastslow_jax.models.config import ModelConfig
 from fastslow_jax.models.layers import constrain, default_init, param, step_where_blocks_complete
 
@@ -132,7 +132,8 @@ class HourglassDecoder(decoder.LanguageModel):
     self._init_input(cfg, rngs)
     self.pre = decoder.LayerStack(cfg, pre, fastslow.Block, rngs=rngs)
     self.post = decoder.LayerStack(cfg, post, fastslow.Block, rngs=rngs)
-    self.slow = Shortened(cfg, rngs=slow_rngs)
+    with roles.slow_path():
+      self.slow = Shortened(cfg, rngs=slow_rngs)
     self._init_output(cfg, rngs)
 
   def forward_embeddings(self, h: Array) -> tuple[Array, list[dict[str, Array]]]:
@@ -145,14 +146,14 @@ class HourglassDecoder(decoder.LanguageModel):
     return self._logits(h), pre_parts + inner_parts + post_parts
 
   def prefill(self, tokens: Array, lengths: Array, cache_length: int) -> tuple[Array, dict]:
-    """As `Decoder.prefill`: logits [B, L, V] and the caches of every stage."""
+    """As `LanguageModel.prefill`: logits [B, L, V] and the caches of every stage."""
     h, pre = self.pre.prefill(self.embed(tokens), lengths, cache_length)
     up, slow = self.slow.prefill(h, lengths, cache_length)
     h, post = self.post.prefill(h + up, lengths, cache_length)
     return self._logits(h), {'pre': pre, 'slow': slow, 'post': post}
 
   def decode(self, tokens: Array, positions: Array, caches: dict) -> tuple[Array, dict]:
-    """As `Decoder.decode`: one token per row, logits [B, V] and the updated caches."""
+    """As `LanguageModel.decode`: one token per row, logits [B, V] and the updated caches."""
     h, pre = self.pre.decode(self.embed(tokens[:, None]), caches['pre'], positions)
     up, slow = self.slow.decode(h, caches['slow'], positions)
     h, post = self.post.decode(h + up, caches['post'], positions)

@@ -1,8 +1,9 @@
 """Shared layers: embedding, RMSNorm, rotary positions, causal attention, SwiGLU, output head.
 
-Every parameter is an `nnx.Param` that carries logical axis names under the `out_sharding`
-metadata key (vocab, embed, heads, kv, mlp, norm); the training pipeline maps them onto mesh axes
-with logical rules. Parameters live in `param_dtype`; compute happens in `dtype`.
+Every parameter is an `nnx.Param` of its role (`roles.py`) that carries logical axis names under
+the `out_sharding` metadata key (vocab, embed, heads, kv, mlp, norm); the training pipeline maps
+them onto mesh axes with logical rules. Parameters live in `param_dtype`; compute happens in
+`dtype`.
 """
 
 from __future__ import annotations
@@ -15,20 +16,22 @@ from flax.core import spmd as flax_spmd
 from jax.ad_checkpoint import checkpoint_name
 from jax.sharding import PartitionSpec
 
+from fastslow_jax.models import remat, roles
+from fastslow_jax.models.attention_backends import ATTENTION_BACKENDS  # noqa: F401
 # The attention switch lives beside its kernels (attention_kernels.py); layers re-exports it.
 from fastslow_jax.models.attention_kernels import attention, masked_attention
-from fastslow_jax.models.attention_backends import ATTENTION_BACKENDS  # noqa: F401
 
 Array = jax.Array
 default_init = nnx.initializers.variance_scaling(1.0, 'fan_in', 'truncated_normal')
 embed_init = nnx.initializers.normal(stddev=0.02)
 
 
-def param(rngs: nnx.Rngs, init, shape: tuple[int, ...], axes: tuple[str | None, ...],
-          dtype) -> nnx.Param:
-  """An `nnx.Param` initialised by `init` and annotated with logical axis names."""
+def param(rngs: nnx.Rngs, init, shape: tuple[int, ...], axes: tuple[str | None, ...], dtype,
+          role: type[nnx.Param] = nnx.Param) -> nnx.Param:
+  """A parameter of `role` (its slow variant inside `roles.slow_path()`), initialised by `init`
+  and annotated with logical axis names."""
   assert len(shape) == len(axes), (shape, axes)
-  return nnx.Param(init(rngs.params(), shape, dtype), out_sharding=axes)
+  return roles.resolve(role)(init(rngs.params(), shape, dtype), out_sharding=axes)
 
 
 def constrain(x: Array, axes: tuple[str | None, ...]) -> Array:
@@ -104,7 +107,8 @@ class Embed(nnx.Module):
   """Token embedding; `attend` reuses the table as a tied output head."""
 
   def __init__(self, vocab_size: int, d_model: int, *, dtype, param_dtype, rngs: nnx.Rngs):
-    self.table = param(rngs, embed_init, (vocab_size, d_model), ('vocab', 'embed'), param_dtype)
+    self.table = param(rngs, embed_init, (vocab_size, d_model), ('vocab', 'embed'), param_dtype,
+                       roles.Embedding)
     self.dtype = dtype
 
   def __call__(self, tokens: Array) -> Array:
@@ -121,7 +125,7 @@ class Embed(nnx.Module):
 
 class RMSNorm(nnx.Module):
   def __init__(self, dim: int, *, eps: float, dtype, param_dtype, rngs: nnx.Rngs):
-    self.scale = param(rngs, nnx.initializers.ones, (dim,), ('norm',), param_dtype)
+    self.scale = param(rngs, nnx.initializers.ones, (dim,), ('norm',), param_dtype, roles.NormScale)
     self.eps, self.dtype = eps, dtype
 
   def __call__(self, x: Array) -> Array:
@@ -138,7 +142,7 @@ class CausalSelfAttention(nnx.Module):
   """
 
   def __init__(self, d_model: int, num_heads: int, *, rope_theta: float, impl: str, dtype,
-               param_dtype, rngs: nnx.Rngs, output_name: str = 'attn', block_q: int = 0,
+               param_dtype, rngs: nnx.Rngs, output_name: str = remat.FAST_ATTN, block_q: int = 0,
                block_kv: int = 0):
     head_dim = d_model // num_heads
     shape, axes = (d_model, num_heads, head_dim), ('embed', 'heads', 'kv')
@@ -209,7 +213,7 @@ class SwiGLU(nnx.Module):
   """silu(x W_gate) * (x W_up) W_down. Also serves as phi_theta on the slow states."""
 
   def __init__(self, d_model: int, hidden: int, *, dtype, param_dtype, rngs: nnx.Rngs,
-               output_name: str = 'mlp'):
+               output_name: str = remat.MLP):
     self.w_gate = param(rngs, default_init, (d_model, hidden), ('embed', 'mlp'), param_dtype)
     self.w_up = param(rngs, default_init, (d_model, hidden), ('embed', 'mlp'), param_dtype)
     self.w_down = param(rngs, default_init, (hidden, d_model), ('mlp', 'embed'), param_dtype)

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from fastslow_jax.models import families, scan
+from fastslow_jax.models import families, roles, scan
 from fastslow_jax.models.config import ModelConfig, repeating_groups
 from fastslow_jax.models.decoder import LanguageModel
 
@@ -39,13 +39,14 @@ def build(config: ModelConfig | Mapping[str, Any], rngs: nnx.Rngs | int = 0) -> 
 def trainable_filter(config: ModelConfig) -> nnx.filterlib.Filter:
   """The NNX filter of parameters that an arm trains; everything else stays at its init.
 
-  `gate_frozen` holds every `gate` at zero; `slow_frozen` holds every parameter under a `slow`
-  path (slow attention and phi_theta) at its init while the gates learn.
+  `gate_frozen` holds every `roles.Gate` at zero; `slow_frozen` holds every `roles.SlowParam`
+  (slow attention and phi_theta, block compressors, the shortened stack) at its init while the
+  gates learn.
   """
-  frozen = {'gate_frozen': 'gate', 'slow_frozen': 'slow'}.get(config.arm)
+  frozen = {'gate_frozen': roles.Gate, 'slow_frozen': roles.SlowParam}.get(config.arm)
   if frozen is None:
     return nnx.Param
-  return nnx.All(nnx.Param, nnx.Not(nnx.PathContains(frozen)))
+  return nnx.All(nnx.Param, nnx.Not(frozen))
 
 
 def trainable_mask(model: LanguageModel) -> nnx.State:
@@ -58,10 +59,10 @@ def trainable_mask(model: LanguageModel) -> nnx.State:
 
 def gate_values(params: nnx.State | LanguageModel) -> dict[str, float]:
   """Mean gate value per slow layer, keyed 'layer_<i>' (empty for `dense`); either layout."""
-  if isinstance(params, nnx.Module):
-    params = nnx.state(params, nnx.Param)
+  gates = nnx.state(params, roles.Gate) if isinstance(params, nnx.Module) else (
+      nnx.filter_state(params, roles.Gate))
   return {f'layer_{path[1]}': float(jnp.mean(jnp.asarray(value)))
-          for path, value in nnx.to_flat_state(scan.unstack_layers(params)) if 'gate' in path}
+          for path, value in nnx.to_flat_state(scan.unstack_layers(gates))}
 
 
 def layer_groups(config: ModelConfig) -> dict[tuple, tuple[int, int]]:

@@ -22,25 +22,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-# The values blocks name for rematerialisation (`checkpoint_name`): the 'minimal' remat policy
-# keeps exactly these for the backward pass and recomputes the rest.
-SAVED_NAMES = ('fast_attn', 'slow_attn', 'phi', 'mlp')
+from fastslow_jax.models.remat import remat
 
 LAYERS_AXIS = 'layers'
 SHARDING_KEY = 'out_sharding'  # The Variable metadata holding logical axis names.
-
-_POLICIES = {
-    'full': None,  # Save nothing: recompute the whole block.
-    'dots_saveable': jax.checkpoint_policies.dots_saveable,
-    'minimal': jax.checkpoint_policies.save_only_these_names(*SAVED_NAMES),
-}
-
-
-def remat(fn, policy: str, *, prevent_cse: bool = True):
-  """`fn` rematerialised in the backward pass under a named policy ('none' returns `fn`)."""
-  if policy == 'none':
-    return fn
-  return jax.checkpoint(fn, policy=_POLICIES[policy], prevent_cse=prevent_cse)
 
 
 def _with_axes(variable: nnx.Variable, value, axes) -> nnx.Variable:

@@ -1,0 +1,15 @@
+"""The project's usage error: bad input a user can fix. Imports nothing.
+
+A config field, flag, file or directory that is wrong raises `UsageError` with one line naming it
+and the fix; the command line prints that line and exits 2 (`cli.run`). Every other exception,
+from this project or a library, keeps its traceback, so bugs stay visible.
+"""
+
+
+class UsageError(ValueError):
+  """Bad input: the message is one line that names what is wrong and what to change."""
+
+
+class NonFiniteError(FloatingPointError):
+  """Training met a non-finite loss or gradient norm; the message names the step and the last
+  good checkpoint. The command line prints it as one line and exits 1."""
