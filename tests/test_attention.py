@@ -63,7 +63,8 @@ def assert_matches_reference(impl: str, q, k, v, **blocks):
 
 
 # Short lengths are the slow path's pooled sequences (N = T/P); 130 pads to two 128-tiles.
-@pytest.mark.parametrize('length', [1, 3, 8, 64, 130])
+@pytest.mark.parametrize('length', [3, 130, *(pytest.param(n, marks=pytest.mark.slow)
+                                             for n in (1, 8, 64))])
 def test_splash_matches_reference(length):
   assert_matches_reference('splash', *qkv(length))
 
@@ -74,7 +75,8 @@ def test_splash_with_unequal_tiles_matches_reference():
   assert_matches_reference('splash', *qkv(256, heads=1, batch=1), block_q=128, block_kv=256)
 
 
-@pytest.mark.parametrize('length', [1, 3, 16, 100])
+@pytest.mark.parametrize('length', [3, 100, *(pytest.param(n, marks=pytest.mark.slow)
+                                             for n in (1, 16))])
 def test_pallas_gpu_matches_reference(length):
   assert_matches_reference('pallas_gpu', *qkv(length), block_q=32, block_kv=32)
 

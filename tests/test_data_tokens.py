@@ -398,23 +398,29 @@ def test_prepare_command_line(corpus, prepared):
   assert _tree(out) == before
 
 
-def test_prepare_command_line_bad_input_is_one_line_exit_2(corpus, tmp_path):
+GOOD = object()  # Stands for a valid --input and --documents.
+PREPARE_BAD_INPUT = [
+    (['--input=missing*.txt'], 'matches no file'),
+    (['--input=empty.txt'], 'holds no documents'),
+    ([GOOD, '--tokenizer=hf:missing/tokenizer.json'], 'is not a file'),
+    ([GOOD, '--tokenizer=sentencepiece:missing.model'], 'is not a file'),
+    ([GOOD, '--output=a_file/out'], 'cannot be created: '),
+    ([GOOD, '--output='], '--output is empty'),
+    ([GOOD, '--val_fraction=0'], '--val_fraction=0.0 is invalid'),
+    ([GOOD, '--num_workers=-1'], '--num_workers=-1'),
+    (['--tfds_name=no_such_set', '--tfds_data_dir=.'], 'is not found'),
+]
+
+
+@pytest.mark.parametrize('every_case', [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_prepare_command_line_bad_input_is_one_line_exit_2(corpus, tmp_path, every_case):
   """Through the command line: one line on stderr (no library logging), exit status 2, and
-  nothing written anywhere under the working directory."""
+  nothing written anywhere under the working directory (every case with the slow tests)."""
   (tmp_path / 'empty.txt').write_text('')
   (tmp_path / 'a_file').write_text('kept')
   good = [f'--input={corpus[0]}/a.txt', '--documents=paragraph']
-  cases = [
-      (['--input=missing*.txt'], 'matches no file'),
-      (['--input=empty.txt'], 'holds no documents'),
-      (good + ['--tokenizer=hf:missing/tokenizer.json'], 'is not a file'),
-      (good + ['--tokenizer=sentencepiece:missing.model'], 'is not a file'),
-      (good + ['--output=a_file/out'], 'cannot be created: '),
-      (good + ['--output='], '--output is empty'),
-      (good + ['--val_fraction=0'], '--val_fraction=0.0 is invalid'),
-      (good + ['--num_workers=-1'], '--num_workers=-1'),
-      (['--tfds_name=no_such_set', f'--tfds_data_dir={tmp_path}'], 'is not found'),
-  ]
+  cases = [([a for arg in args for a in (good if arg is GOOD else [arg])], match)
+           for args, match in PREPARE_BAD_INPUT[:None if every_case else 1]]
   env = {**os.environ, 'PYTHONPATH': str(ROOT)}
   before = _tree(tmp_path)
   for args, match in cases:

@@ -38,17 +38,21 @@ def xla_training_flops(cfg: ModelConfig, batch: int) -> float:
   return float(cost['flops'])
 
 
+SLOW = pytest.mark.slow  # The default suite keeps one case per family.
+
+
 @pytest.mark.parametrize('kw', [
-    dict(arm='dense', seq_len=128, P=16),
     dict(arm='coupled', seq_len=128, P=4),
-    dict(arm='gate_frozen', seq_len=64, P=8, slow_layers='1', attention_impl='xla'),
     dict(family='compressed', arm='coupled', seq_len=128, P=4),
-    dict(family='hourglass', arm='coupled', seq_len=128, P=2, num_layers=3,
-         hourglass_layers='1,2,1'),
     dict(family='hourglass', arm='coupled', seq_len=128, P=4, hourglass_pool='linear',
          hourglass_upsample='linear'),
-], ids=['dense-T128', 'coupled-P4-T128', 'gate_frozen-P8-T64-one_slow_layer-xla',
-        'compressed-P4-T128', 'hourglass-P2-T128', 'hourglass-linear-P4-T128'])
+    pytest.param(dict(arm='dense', seq_len=128, P=16), marks=SLOW),
+    pytest.param(dict(arm='gate_frozen', seq_len=64, P=8, slow_layers='1', attention_impl='xla'),
+                 marks=SLOW),
+    pytest.param(dict(family='hourglass', arm='coupled', seq_len=128, P=2, num_layers=3,
+                      hourglass_layers='1,2,1'), marks=SLOW),
+], ids=['coupled-P4-T128', 'compressed-P4-T128', 'hourglass-linear-P4-T128', 'dense-T128',
+        'gate_frozen-P8-T64-one_slow_layer-xla', 'hourglass-P2-T128'])
 def test_flops_match_xla_cost_analysis(kw):
   cfg = ModelConfig(**{**BASE, **kw})
   batch = 2

@@ -71,12 +71,16 @@ def assert_decode_equals_parallel(model, prompts):
 HOURGLASS_LINEAR = dict(family='hourglass', hourglass_pool='linear', hourglass_upsample='linear')
 
 
+SLOW = pytest.mark.slow  # The default suite keeps one case per family.
+
+
 @pytest.mark.parametrize('kw', [
-    dict(P=1), dict(P=3), dict(P=4), dict(P=16),
-    dict(P=4, gate='scalar'), dict(P=3, slow_layers='every:2'),
-    dict(arm='dense'), dict(arm='gate_frozen'), dict(arm='slow_frozen'),
-    dict(family='compressed', P=3), dict(family='compressed', P=4, slow_layers='every:2'),
-    dict(family='hourglass', P=4), dict(P=3, hourglass_layers='1,2,1', **HOURGLASS_LINEAR),
+    dict(P=3, slow_layers='every:2'), dict(family='compressed', P=3),
+    dict(P=3, hourglass_layers='1,2,1', **HOURGLASS_LINEAR),
+    *(pytest.param(kw, marks=SLOW) for kw in (
+        dict(P=1), dict(P=3), dict(P=4), dict(P=16), dict(P=4, gate='scalar'),
+        dict(arm='dense'), dict(arm='gate_frozen'), dict(arm='slow_frozen'),
+        dict(family='compressed', P=4, slow_layers='every:2'), dict(family='hourglass', P=4))),
 ], ids=str)
 def test_decode_equals_parallel_forward(kw):
   assert_decode_equals_parallel(model_for(**kw), prompts_for(kw.get('P', 4)))
@@ -99,7 +103,8 @@ def test_decode_equals_parallel_forward_full_grid(family, arm, P, kw):
   assert_decode_equals_parallel(model, prompts_for(P, seed=P))
 
 
-@pytest.mark.parametrize('family', models.FAMILIES)
+@pytest.mark.parametrize('family', ['fastslow', *(
+    pytest.param(f, marks=SLOW) for f in models.FAMILIES if f != 'fastslow')])
 def test_mixed_lengths_in_one_batch_equal_each_prompt_alone(family):
   model = model_for(P=4, family=family)
   prompts = prompts_for(4, seed=3)[::2]  # Lengths P-1 and P+1.
@@ -108,7 +113,8 @@ def test_mixed_lengths_in_one_batch_equal_each_prompt_alone(family):
   assert together == alone
 
 
-@pytest.mark.parametrize('family', models.FAMILIES)
+@pytest.mark.parametrize('family', ['hourglass', *(
+    pytest.param(f, marks=SLOW) for f in models.FAMILIES if f != 'hourglass')])
 def test_scanned_model_decodes_like_unrolled(family):
   kw = dict(P=4, seed=2, family=family, num_layers=4)
   unrolled, scanned = model_for(**kw), model_for(scan_layers=True, **kw)
@@ -207,8 +213,16 @@ def test_cli_prints_prompt_and_samples(text_run):
   assert len(samples) == 2 and all('\nTo be' in s for s in samples)
 
 
+def test_cli_bad_input_before_any_restore_is_one_line(tmp_path):
+  done = cli(f'--workdir={tmp_path}', '--prompt=x', '--prompt_file=nope.txt')
+  assert done.returncode == 2 and done.stdout == '', done.stderr[-2000:]
+  assert done.stderr.strip().splitlines() == [
+      'error: give the prompt with exactly one of --prompt or --prompt_file.']
+  assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize('args,message', [
-    (['--prompt=x', '--prompt_file=nope.txt'], 'exactly one of --prompt or --prompt_file'),
     (['--prompt_file=nope.txt'], "--prompt_file='nope.txt' cannot be read"),
     (['--prompt=x', '--top_p=2'], 'top_p'),
     (['--prompt=x', '--max_new_tokens=0'], 'max_new_tokens'),

@@ -262,8 +262,15 @@ def _assert_prefix_invariant(forward, P, T, seed, vocab=VOCAB):
     assert not np.array_equal(out[:, s], ref[:, s]), f'changed token at s={s} had no effect'
 
 
-@pytest.mark.parametrize('variant', VARIANTS)
-@pytest.mark.parametrize('P', [2, 4, 8])
+SLOW = pytest.mark.slow  # Cross-products: the default suite keeps one case per family.
+# One variant per family with every P that has a probe of its own in the default suite; the
+# rest of the cross-product with the slow tests.
+LEAK_CASES = [(4, 'fastslow-channel'), (2, 'compressed'), (8, 'hourglass-linear'), *(
+    pytest.param(P, v, marks=SLOW) for P in (2, 4, 8) for v in VARIANTS
+    if (P, v) not in {(4, 'fastslow-channel'), (2, 'compressed'), (8, 'hourglass-linear')})]
+
+
+@pytest.mark.parametrize('P,variant', LEAK_CASES)
 def test_no_future_leak_with_open_gate(P, variant):
   cfg = tiny(P=P, seq_len=LEAK_T, **VARIANTS[variant])
   model = models.build(cfg, rngs=P)
@@ -285,7 +292,8 @@ def test_no_future_leak_with_open_gate(P, variant):
   assert np.all(diff[first:] > 1e-4), diff
 
 
-@pytest.mark.parametrize('family', FAMILIES)
+@pytest.mark.parametrize('family', ['fastslow', *(
+    pytest.param(f, marks=SLOW) for f in FAMILIES if f != 'fastslow')])
 def test_no_future_leak_at_inference_length_not_multiple_of_P(family):
   cfg = tiny(P=4, gate='channel', family=family)
   model = models.build(cfg, rngs=7)
@@ -322,7 +330,9 @@ KNOWN_BUGS = {
 }
 
 
-@pytest.mark.parametrize('bug', KNOWN_BUGS)
+@pytest.mark.parametrize('bug', [b if b in ('fastslow-off_by_one', 'hourglass-short_shift',
+                                             'compressed-visibility')
+                                 else pytest.param(b, marks=SLOW) for b in KNOWN_BUGS])
 def test_leak_check_catches_known_bugs(monkeypatch, bug):
   """The prefix-invariance check above is not vacuous: the classic bugs of each family fail it."""
   module, name, leaky = KNOWN_BUGS[bug]
@@ -347,7 +357,8 @@ def _logit_jacobian(graphdef, params, tokens, u):
   return jax.jacrev(lambda h: fn(h) @ u)(h)[:, 0], fn(h)
 
 
-@pytest.mark.parametrize('variant', VARIANTS)
+@pytest.mark.parametrize('variant', [v if v in ('fastslow-channel', 'compressed', 'hourglass')
+                                     else pytest.param(v, marks=SLOW) for v in VARIANTS])
 def test_logit_jacobian_wrt_embeddings_is_causal(variant):
   cfg = tiny(P=4, seq_len=16, **VARIANTS[variant])
   model = models.build(cfg, rngs=1)
@@ -372,8 +383,8 @@ def _changed(before: dict, after: dict, pred) -> dict[tuple, bool]:
   return {k: not np.array_equal(before[k], after[k]) for k in before if pred(k)}
 
 
-@pytest.mark.parametrize('family,gate', [('fastslow', 'scalar'), ('fastslow', 'channel'),
-                                         ('compressed', 'scalar')])
+@pytest.mark.parametrize('family,gate', [('fastslow', 'channel'), ('compressed', 'scalar'),
+                                         pytest.param('fastslow', 'scalar', marks=SLOW)])
 def test_coupled_at_init_equals_dense(family, gate):
   dense = models.build(tiny(arm='dense', gate=gate, family=family), rngs=3)
   coupled = models.build(tiny(arm='coupled', gate=gate, family=family), rngs=3)
@@ -392,7 +403,8 @@ def test_coupled_at_init_equals_dense(family, gate):
   assert not np.array_equal(forward_fn(coupled)(tokens), forward_fn(dense)(tokens))
 
 
-@pytest.mark.parametrize('family', GATED)
+@pytest.mark.parametrize('family', ['fastslow', *(
+    pytest.param(f, marks=SLOW) for f in GATED if f != 'fastslow')])
 def test_gate_frozen_stays_equal_to_dense_under_training(family):
   cfg_d, cfg_g = tiny(arm='dense', family=family), tiny(arm='gate_frozen', family=family)
   dense, frozen = models.build(cfg_d, rngs=5), models.build(cfg_g, rngs=5)
@@ -431,7 +443,8 @@ def test_gate_frozen_stays_equal_to_dense_under_training(family):
 # =========================================================================== gradient flow
 
 
-@pytest.mark.parametrize('family', GATED)
+@pytest.mark.parametrize('family', ['fastslow', *(
+    pytest.param(f, marks=SLOW) for f in GATED if f != 'fastslow')])
 def test_coupled_gradient_flow(family):
   """Step 1 opens every gate (phi_theta / the block compressor is not zero-initialised, so
   dL/dg != 0); the slow params only receive gradient once the gate is open, i.e. from step 2 on.
@@ -452,7 +465,8 @@ def test_coupled_gradient_flow(family):
   assert changed and all(changed.values()), [k for k, c in changed.items() if not c]
 
 
-@pytest.mark.parametrize('family', FAMILIES)
+@pytest.mark.parametrize('family', ['hourglass', *(
+    pytest.param(f, marks=SLOW) for f in FAMILIES if f != 'hourglass')])
 def test_slow_frozen_gradient_flow(family):
   cfg = tiny(arm='slow_frozen', gate='scalar', family=family)
   model = models.build(cfg, rngs=2)
@@ -476,8 +490,9 @@ def test_slow_frozen_gradient_flow(family):
 
 
 @pytest.mark.parametrize('family,leaky', [
-    ('fastslow', False), ('fastslow', True), ('hourglass', False), ('hourglass', True),
-    ('compressed', False), ('compressed', True)])
+    ('fastslow', False), *(pytest.param(*case, marks=SLOW) for case in (
+        ('fastslow', True), ('hourglass', False), ('hourglass', True), ('compressed', False),
+        ('compressed', True)))])
 def test_random_tokens_loss_stays_at_log_vocab(monkeypatch, family, leaky):
   """On i.i.d. uniform tokens no predictor beats ln(V) in expectation, and fresh batches leave
   nothing to memorise; a model that reads the future (e.g. its own block's mean, which contains
@@ -520,6 +535,7 @@ def test_random_tokens_loss_stays_at_log_vocab(monkeypatch, family, leaky):
 # =========================================================================== dtypes and backends
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('variant', ['fastslow-channel', 'compressed', 'hourglass-linear'])
 def test_bf16_compute_with_fp32_params(variant):
   cfg = tiny(dtype='bfloat16', param_dtype='float32', **{'gate': 'channel', **VARIANTS[variant]})
@@ -545,8 +561,9 @@ def test_bf16_compute_with_fp32_params(variant):
   np.testing.assert_allclose(logits, ref_logits, atol=0.1, rtol=0.05)
 
 
-@pytest.mark.parametrize('arm,family', [('dense', 'fastslow'), ('coupled', 'fastslow'),
-                                         ('coupled', 'compressed'), ('coupled', 'hourglass')])
+@pytest.mark.parametrize('arm,family', [('coupled', 'fastslow'), *(
+    pytest.param(*case, marks=SLOW) for case in (
+        ('dense', 'fastslow'), ('coupled', 'compressed'), ('coupled', 'hourglass')))])
 def test_attention_backends_agree(arm, family):
   tokens = random_tokens(0, (2, 32))
   out = {}

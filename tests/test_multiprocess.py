@@ -27,6 +27,7 @@ def losses(workdir):
   return {r['step']: r['loss'] for r in records(workdir) if 'loss' in r}
 
 
+@pytest.mark.slow  # Sharded training equals one device: tests/test_train.py.
 def test_two_processes_train_like_one_and_their_checkpoint_moves(tmp_path):
   # 2 processes x 4 devices: steps 1-2 of a 4-step schedule, checkpointed at step 2. The data
   # axis spans the two processes as it would span TPU slices over DCN (mesh.dcn_data=2).

@@ -10,29 +10,33 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from fastslow_jax import metrics
+from conftest import subprocess_env, tiny_config
+from fastslow_jax import configlib, metrics, train
+from fastslow_jax.configs import schema
+from fastslow_jax.errors import UsageError
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIG = f'{ROOT}/configs/fastslow.py'
-ENV = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=8',
-       'JAX_PLATFORMS': 'cpu', 'CI': 'true'}
-# A tiny run whose steps take long enough to be interrupted at chosen points.
-SMALL = ['--config.model.seq_len=64', '--config.data.num_train_windows=512',
-         '--config.data.num_val_windows=32', '--config.eval_batches=1', '--config.log_every=1',
-         '--config.eval_every=1000']
+ENV = subprocess_env()
+# The suite's tiny model as flags (the programs other tests compile: cache hits), validating
+# rarely so that steps come quickly.
+TINY = [f'--config.{k}={v}' for k, v in schema.leaves(tiny_config().to_dict())
+        if k not in ('model.arm', 'model.family', 'model.P', 'sharding_rules',
+                     'data.tokenizer_fingerprint')] + ['--config.eval_every=1000']
 
 
-def train_command(workdir, *extra, arg='arm=coupled,size=tiny'):
+def train_command(workdir, *extra, arg='arm=coupled,size=tiny,P=8'):
   return [sys.executable, '-m', 'fastslow_jax.train', f'--config={CONFIG}:{arg}',
-          f'--workdir={workdir}', *SMALL, *extra]
+          f'--workdir={workdir}', *TINY, *extra]
 
 
-def run(command, timeout=300):
-  return subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True,
+def run(command, timeout=300, env=ENV):
+  return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
                         timeout=timeout)
 
 
@@ -54,7 +58,6 @@ def final_params(workdir, step):
   flat = {}
   def collect(path, x):
     flat[path] = np.asarray(x)
-  import jax
   jax.tree_util.tree_map_with_path(collect, restored.params)
   return flat
 
@@ -70,53 +73,88 @@ def text_files(tmp_path_factory):
   return base
 
 
-@pytest.fixture(scope='module')
-def trained_workdir(tmp_path_factory):
-  workdir = tmp_path_factory.mktemp('trained') / 'run'
-  result = run(train_command(workdir, '--config.total_steps=2'))
-  assert result.returncode == 0, result.stderr[-2000:]
-  return workdir
+@pytest.fixture
+def trained_workdir(trained_copy):
+  """A trained run of the suite's tiny model (a private copy of the session's)."""
+  return trained_copy
 
 
 BAD_INPUT = [  # (config arg, overrides, words the message must contain)
-    ('', ['--config.mesh.data=3'], 'mesh.data=3'),
-    ('', ['--config.batch_size=12'], 'batch_size=12'),
-    ('', ['--config.mesh.data=1', '--config.mesh.tensor=8'], 'model.num_heads=4'),
-    ('', ['--config.model.seq_len=100'], 'model.seq_len=100'),
-    ('arm=frozen', [], "model.arm='frozen'"),
-    ('size=huge', [], "size='huge'"),
-    ('', ['--config.data.kind=wiki'], "data.kind='wiki'"),
-    ('', ['--config.model.num_haeds=3'], 'num_haeds'),
-    ('', ['--config.data.kind=text', '--config.data.path=/no/such/file.txt'], 'data.path'),
-    ('', ['--config.data.kind=text', '--config.data.path={text}/empty.txt'], 'data.path'),
-    ('', ['--config.data.kind=text', '--config.data.path={text}/short.txt'], 'fewer than one window'),
-    ('', ['--config.data.kind=tfds', '--config.data.tfds_name=no_such_set',
-          '--config.data.tfds_data_dir={text}'], 'data.tfds_name'),
-    ('', ['--config.data.kind=tfds', '--config.data.tfds_name=x',
-          '--config.data.tfds_data_dir=/no/such/dir'], 'data.tfds_data_dir'),
-    # Numeric fields out of their declared range (all of them: tests/test_ranges.py).
-    ('', ['--config.total_steps=-1'], 'total_steps=-1 is invalid'),
-    ('', ['--config.optim.lr=-0.001'], 'optim.lr=-0.001 is invalid'),
-    ('', ['--config.checkpoint_every=0'], 'checkpoint_every=0 is invalid'),
+    ('', {'mesh.data': 3}, 'mesh.data=3'),
+    ('', {'batch_size': 12}, 'batch_size=12'),
+    ('', {'mesh.data': 1, 'mesh.tensor': 8}, 'is not divisible by mesh.tensor=8'),
+    ('', {'model.seq_len': 100}, 'model.seq_len=100'),
+    ('arm=frozen', {}, "model.arm='frozen'"),
+    ('', {'data.kind': 'wiki'}, "data.kind='wiki'"),
+    ('', {'data.kind': 'text', 'data.path': '/no/such/file.txt'}, 'data.path'),
+    ('', {'data.kind': 'text', 'data.path': '{text}/empty.txt'}, 'data.path'),
+    ('', {'data.kind': 'text', 'data.path': '{text}/short.txt'}, 'fewer than one window'),
+    ('', {'data.kind': 'tfds', 'data.tfds_name': 'no_such_set', 'data.tfds_data_dir': '{text}'},
+     'data.tfds_name'),
+    ('', {'data.kind': 'tfds', 'data.tfds_name': 'x', 'data.tfds_data_dir': '/no/such/dir'},
+     'data.tfds_data_dir'),
+    # Fields out of their declared range (all of them: tests/test_schema.py).
+    ('', {'total_steps': -1}, 'total_steps=-1 is invalid'),
+    ('', {'optim.lr': -0.001}, 'optim.lr=-0.001 is invalid'),
+    ('', {'checkpoint_every': 0}, 'checkpoint_every=0 is invalid'),
 ]
 
 
-def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, text_files):
-  def attempt(i, case):
-    arg, overrides, expected = case
+def bad_config(arg, overrides, text_files):
+  config = configlib.load(f'{CONFIG}:arm=coupled,size=tiny' + (f',{arg}' if arg else ''))
+  for key, value in overrides.items():
+    configlib.set_field(config, key, value.format(text=text_files) if isinstance(value, str)
+                        else value)
+  return config
+
+
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, text_files):
+  """Every case raises the one-line UsageError the command line prints (exit 2), before
+  anything is written; the command line itself: the tests below."""
+  for i, (arg, overrides, expected) in enumerate(BAD_INPUT):
     workdir = tmp_path / f'case{i}'
-    command = train_command(workdir, *(o.format(text=text_files) for o in overrides),
+    with pytest.raises(UsageError) as e:
+      train.train(bad_config(arg, overrides, text_files), workdir)
+    assert '\n' not in str(e.value) and expected in str(e.value), (arg, overrides, str(e.value))
+    assert not workdir.exists(), (arg, overrides)
+
+
+def assert_exits_2(result, expected: str):
+  lines = result.stderr.strip().splitlines()
+  assert result.returncode == 2, result.stderr[-1500:]
+  assert len(lines) == 1 and lines[0].startswith('error: ') and expected in lines[0], lines
+
+
+def test_train_command_line_bad_input_exits_2_with_one_line(tmp_path):
+  """A UsageError and an error of absl's own flag parsing (a misspelt field), each one line."""
+  cases = [(train_command(tmp_path / 'a', '--config.mesh.data=3'), 'mesh.data=3'),
+           (train_command(tmp_path / 'b', '--config.model.num_haeds=3'), 'num_haeds')]
+  with concurrent.futures.ThreadPoolExecutor(2) as pool:
+    results = list(pool.map(lambda case: run(case[0]), cases))
+  for (_, expected), result in zip(cases, results):
+    assert_exits_2(result, expected)
+  assert not (tmp_path / 'a').exists() and not (tmp_path / 'b').exists()
+
+
+@pytest.mark.slow
+def test_every_bad_input_through_the_command_line(tmp_path, text_files):
+  cases = [(arg, [f'--config.{k}={v.format(text=text_files) if isinstance(v, str) else v}'
+                  for k, v in overrides.items()], expected)
+           for arg, overrides, expected in BAD_INPUT]
+  cases += [('size=huge', [], "size='huge'")]
+
+  def attempt(i, case):
+    arg, flags, _ = case
+    workdir = tmp_path / f'case{i}'
+    command = train_command(workdir, *flags,
                             arg='arm=coupled,size=tiny' + (f',{arg}' if arg else ''))
-    return case, workdir, run(command)
+    return workdir, run(command)
 
   with concurrent.futures.ThreadPoolExecutor(2) as pool:
-    outcomes = list(pool.map(lambda ic: attempt(*ic), enumerate(BAD_INPUT)))
-  for (arg, overrides, expected), workdir, result in outcomes:
-    where = f'{arg} {overrides}: {result.stderr[-1500:]}'
-    lines = result.stderr.strip().splitlines()
-    assert result.returncode == 2, where
-    assert len(lines) == 1 and lines[0].startswith('error: ') and expected in lines[0], where
-    assert not workdir.exists(), where
+    outcomes = list(pool.map(lambda ic: attempt(*ic), enumerate(cases)))
+  for (_, _, expected), (workdir, result) in zip(cases, outcomes):
+    assert_exits_2(result, expected)
+    assert not workdir.exists(), expected
 
 
 def assert_refused(cases, *unchanged: pathlib.Path):
@@ -132,6 +170,7 @@ def assert_refused(cases, *unchanged: pathlib.Path):
   assert [snapshot(path) for path in unchanged] == before
 
 
+@pytest.mark.slow  # In-process: tests/test_train.py (workdirs), tests/test_configs.py (files).
 def test_bad_workdir_config_file_and_train_flags_are_refused(tmp_path):
   a_file = tmp_path / 'a_file'
   a_file.write_text('kept\n')
@@ -144,14 +183,22 @@ def test_bad_workdir_config_file_and_train_flags_are_refused(tmp_path):
   ], tmp_path)
 
 
-def test_bad_evaluate_flags_and_workdir_are_refused(tmp_path, trained_workdir):
+EVALUATE_BAD_INPUT = [(['--mesh=1,0,1'], "--mesh='1,0,1' is invalid"),
+                      (['--step=-1'], '--step=-1'), (['--batches=0'], '--batches=0')]
+
+
+@pytest.mark.parametrize('flags,expected', [EVALUATE_BAD_INPUT[0], *(
+    pytest.param(*case, marks=pytest.mark.slow) for case in EVALUATE_BAD_INPUT[1:])])
+def test_bad_evaluate_flags_are_refused(trained_workdir, flags, expected):
   evaluate = [sys.executable, '-m', 'fastslow_jax.evaluate', f'--workdir={trained_workdir}']
-  assert_refused([
-      (evaluate + ['--step=-1'], '--step=-1'),
-      (evaluate + ['--batches=0'], '--batches=0'),
-      (evaluate + ['--mesh=1,0,1'], "--mesh='1,0,1' is invalid"),
-      (evaluate[:-1] + [f'--workdir={tmp_path}'], 'config.json not found'),
-  ], tmp_path, trained_workdir)
+  assert_refused([(evaluate + flags, expected)], trained_workdir)
+
+
+def test_evaluate_refuses_a_directory_train_did_not_write(tmp_path):
+  from fastslow_jax import evaluate
+  with pytest.raises(UsageError, match='config.json not found'):
+    evaluate.evaluate(str(tmp_path))
+  assert not list(tmp_path.iterdir())
 
 
 @pytest.mark.slow  # Trains and evaluates the demo model (about 30 s).
@@ -167,21 +214,22 @@ def test_demo_prints_its_own_lines_and_no_library_logging(tmp_path):
 
 def test_incompatible_workdir_is_refused_untouched_unless_overwrite(trained_workdir):
   before = snapshot(trained_workdir)
-  result = run(train_command(trained_workdir, '--config.total_steps=2', '--config.model.d_model=96',
-                             '--config.model.num_heads=4'))
-  assert result.returncode == 2
-  last = result.stderr.strip().splitlines()[-1]
-  assert 'different model' in last and 'model.d_model: 64 -> 96' in last and '--overwrite' in last
+  config = tiny_config(**{'mesh.data': 1, 'model.d_model': 48})
+  with pytest.raises(UsageError) as e:
+    train.train(config, trained_workdir, devices=jax.devices()[:1])
+  message = str(e.value)
+  assert 'different model' in message and 'model.d_model: 32 -> 48' in message
+  assert '--overwrite' in message and '\n' not in message
   assert snapshot(trained_workdir) == before
 
 
 # ---------------------------------------------------------------------------- interruptions
 
 
-def start(command, log: pathlib.Path):
+def start(command, log: pathlib.Path, env=ENV):
   """A training process whose output goes to `log` (a pipe nobody reads would fill and block)."""
   with log.open('a') as f:
-    return subprocess.Popen(command, cwd=ROOT, env=ENV, stdout=f, stderr=subprocess.STDOUT)
+    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
 
 
 def wait_for_step(workdir, step, process, timeout=240):
@@ -196,6 +244,7 @@ def wait_for_step(workdir, step, process, timeout=240):
   raise AssertionError(f'step {step} not reached')
 
 
+@pytest.mark.slow
 def test_sigterm_checkpoints_and_exits_0(tmp_path):
   workdir = tmp_path / 'run'
   log = tmp_path / 'train.log'
@@ -217,13 +266,30 @@ def test_sigterm_checkpoints_and_exits_0(tmp_path):
   assert sorted(logged_losses(workdir)) == list(range(1, stopped_at + 3))
 
 
+def test_kill_9_then_resume_is_bitwise_identical(tmp_path, one_device_run):
+  """Killed (kill -9) at a random moment and rerun, the command line's run of the suite's tiny
+  model on one device ends with the per-step losses and final parameters of the session's
+  uninterrupted run (trained in-process: the same program), bitwise."""
+  env = subprocess_env(devices=1)
+  command = train_command(tmp_path / 'run', '--config.mesh.data=1', '--config.eval_every=3')
+  rng = random.Random(0)
+  process = start(command, tmp_path / 'interrupted.log', env=env)
+  wait_for_step(tmp_path / 'run', rng.randrange(2, 5), process)
+  time.sleep(rng.random() * 0.3)  # Anywhere in a step, a save, or between.
+  process.kill()
+  process.wait()
+  result = run(command, env=env)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert_same_run(tmp_path / 'run', one_device_run, steps=6)
+
+
 @pytest.mark.slow
-def test_kill_9_at_random_steps_then_resume_is_bitwise_identical(tmp_path):
-  steps, common = 40, ['--config.total_steps=40', '--config.checkpoint_every=5']
+def test_kill_9_at_random_steps_several_times_then_resume_is_bitwise_identical(tmp_path):
+  steps, every = 40, 5
+  common = [f'--config.total_steps={steps}', f'--config.checkpoint_every={every}']
   baseline = tmp_path / 'baseline'
   result = run(train_command(baseline, *common))
   assert result.returncode == 0, result.stderr[-2000:]
-
   workdir = tmp_path / 'interrupted'
   rng = random.Random(0)
   for target in sorted(rng.sample(range(3, steps - 2), 3)):
@@ -234,7 +300,10 @@ def test_kill_9_at_random_steps_then_resume_is_bitwise_identical(tmp_path):
     process.wait()
   result = run(train_command(workdir, *common))
   assert result.returncode == 0, result.stderr[-2000:]
+  assert_same_run(workdir, baseline, steps=steps)
 
+
+def assert_same_run(workdir, baseline, *, steps: int):
   assert logged_losses(workdir) == logged_losses(baseline)  # Bitwise, every step.
   got, expected = final_params(workdir, steps), final_params(baseline, steps)
   assert got.keys() == expected.keys()
@@ -255,7 +324,8 @@ def _damage(step_dir: pathlib.Path, how: str):
       p.unlink() if p.is_file() else p.rmdir()
 
 
-@pytest.mark.parametrize('how', ['truncate', pytest.param('delete', marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize('how', ['truncate', 'delete'])
 def test_damaged_latest_checkpoint_falls_back_with_a_warning(tmp_path, how):
   workdir = tmp_path / 'run'
   common = ['--config.total_steps=8', '--config.checkpoint_every=2']

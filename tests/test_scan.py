@@ -42,13 +42,16 @@ def flat(state) -> dict:
           for path, v in nnx.to_flat_state(state)}
 
 
+SLOW = pytest.mark.slow  # The default suite keeps one case of each kind.
+
+
 @pytest.mark.parametrize('overrides,groups', [
-    (dict(arm='dense'), (1, 5)),
-    (dict(arm='coupled'), (1, 5)),
-    (dict(arm='gate_frozen'), (1, 5)),
-    (dict(arm='slow_frozen', gate='scalar'), (1, 5)),
     (dict(slow_layers='every:2'), (2, 2)),  # 2 x (fast, slow) + 1 fast layer unscanned.
-    (dict(slow_layers='0,3', num_layers=6), (3, 2)),
+    pytest.param(dict(arm='dense'), (1, 5), marks=SLOW),
+    pytest.param(dict(arm='coupled'), (1, 5), marks=SLOW),
+    pytest.param(dict(arm='gate_frozen'), (1, 5), marks=SLOW),
+    pytest.param(dict(arm='slow_frozen', gate='scalar'), (1, 5), marks=SLOW),
+    pytest.param(dict(slow_layers='0,3', num_layers=6), (3, 2), marks=SLOW),
 ])
 def test_scanned_equals_unrolled_logits_and_gradients(overrides, groups):
   unrolled = models.build(config(**overrides), rngs=3)
@@ -59,14 +62,15 @@ def test_scanned_equals_unrolled_logits_and_gradients(overrides, groups):
   assert_same_model(unrolled, scanned)
 
 
+@pytest.mark.slow  # The default suite's scanned == unrolled: the mixed stack above.
 @pytest.mark.parametrize('overrides,groups', [
-    (dict(family='compressed'), {(): (1, 5)}),
-    (dict(family='compressed', slow_layers='every:2'), {(): (2, 2)}),
     (dict(family='hourglass', hourglass_layers='2,3,1'),
      {('pre',): (1, 2), ('slow', 'inner'): (1, 3), ('post',): (1, 0)}),
-    (dict(family='hourglass', arm='slow_frozen', hourglass_pool='linear',
-          hourglass_upsample='linear'), {('pre',): (1, 0), ('slow', 'inner'): (1, 3),
-                                         ('post',): (1, 0)}),
+    pytest.param(dict(family='compressed'), {(): (1, 5)}, marks=SLOW),
+    pytest.param(dict(family='compressed', slow_layers='every:2'), {(): (2, 2)}, marks=SLOW),
+    pytest.param(dict(family='hourglass', arm='slow_frozen', hourglass_pool='linear',
+                      hourglass_upsample='linear'),
+                 {('pre',): (1, 0), ('slow', 'inner'): (1, 3), ('post',): (1, 0)}, marks=SLOW),
 ], ids=str)
 def test_families_scanned_equal_unrolled(overrides, groups):
   """Every family scans its stacks of layers (the hourglass: each stage) and computes the same."""
@@ -99,16 +103,11 @@ def assert_same_model(unrolled, scanned) -> None:
     np.testing.assert_allclose(got[path], want[path], atol=1e-6, rtol=1e-5, err_msg=str(path))
 
 
-SLOW = pytest.mark.slow  # About 40 s each; the default suite keeps one of each kind.
-
-
+@pytest.mark.slow  # Logits and gradients: the default suite's representative above.
 @pytest.mark.parametrize('family,arm,slow_layers', [
     ('fastslow', 'coupled', 'every:2'), ('fastslow', 'gate_frozen', 'all'),
-    ('hourglass', 'coupled', 'all'),
-    pytest.param('fastslow', 'dense', 'all', marks=SLOW),
-    pytest.param('fastslow', 'coupled', 'all', marks=SLOW),
-    pytest.param('fastslow', 'slow_frozen', 'all', marks=SLOW),
-    pytest.param('compressed', 'coupled', 'every:2', marks=SLOW),
+    ('hourglass', 'coupled', 'all'), ('fastslow', 'dense', 'all'), ('fastslow', 'coupled', 'all'),
+    ('fastslow', 'slow_frozen', 'all'), ('compressed', 'coupled', 'every:2'),
 ])
 def test_scanned_train_steps_equal_unrolled(family, arm, slow_layers):
   """Two steps of the real train step (AdamW, clipping, frozen arms) from the same seed; the
@@ -178,6 +177,7 @@ def test_layout_conversion_round_trips_and_keeps_axis_names():
     np.testing.assert_array_equal(flat(plain)[path], value)
 
 
+@pytest.mark.slow
 def test_a_scanned_checkpoint_restores_in_either_layout(tmp_path):
   """A run trained with scanned layers, restored from its checkpoint unrolled (and as trained):
   the same logits, and the unrolled layout is what an unscanned model of the run would hold."""
@@ -213,7 +213,8 @@ def test_stacked_parameters_shard_like_their_layers():
   assert specs[('stack', 0, 'fast', 'wq')] == jax.sharding.PartitionSpec(None, 'fsdp', 'tensor', None)
 
 
-@pytest.mark.parametrize('scan_layers', [False, True])
+@pytest.mark.slow
+@pytest.mark.parametrize('scan_layers', [True, False])
 def test_remat_policies_give_identical_gradients(scan_layers):
   tokens = jax.random.randint(jax.random.key(2), (2, 17), 0, VOCAB)
   results = {}
@@ -225,6 +226,7 @@ def test_remat_policies_give_identical_gradients(scan_layers):
     chex.assert_trees_all_close(results[policy], results['none'], rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_remat_policies_differ_in_what_the_backward_pass_keeps():
   """The policies are not all the same program: saved residuals shrink from none to full."""
   tokens = jax.random.randint(jax.random.key(2), (2, 17), 0, VOCAB)
