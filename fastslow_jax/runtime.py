@@ -84,7 +84,8 @@ def resolve_config(config: ml_collections.ConfigDict,
   if config.batch_size % jax.process_count():
     raise UsageError(f'batch_size={config.batch_size} must be divisible by the process count '
                      f'({jax.process_count()}).')
-  for field, heads in (('num_heads', model_cfg.num_heads), ('slow_num_heads', model_cfg.slow_num_heads)):
+  for field, heads in (('num_heads', model_cfg.num_heads), ('num_kv_heads', model_cfg.kv_heads),
+                       ('slow_num_heads', model_cfg.slow_num_heads)):
     if heads % shape['tensor']:
       raise UsageError(f'model.{field}={heads} is not divisible by mesh.tensor={shape["tensor"]}: '
                        'choose a tensor size that divides the head count.')

@@ -22,11 +22,12 @@ from fastslow_jax.configs import schema
 from fastslow_jax.errors import UsageError
 
 MESH_AXES = ('data', 'fsdp', 'tensor')
-LOGICAL_AXES = ('batch', 'length', 'vocab', 'embed', 'heads', 'kv', 'mlp', 'norm', 'layers',
-                'compress')
+LOGICAL_AXES = ('batch', 'length', 'vocab', 'embed', 'heads', 'kv_heads', 'kv', 'mlp', 'norm',
+                'layers', 'compress')
 # Logical axes that rules written before the axis existed may leave out, and where they then go:
-# the stacked axis of scanned layers and the compressed family's MLP width, both replicated.
-_LATER_AXES = (('layers', None), ('compress', None))
+# the stacked axis of scanned layers and the compressed family's MLP width, both replicated; key
+# and value heads (grouped-query attention) wherever the rules put the heads.
+_LATER_AXES = (('layers', None), ('compress', None), ('kv_heads', 'heads'))
 
 Rules = tuple[tuple[str, str | tuple[str, ...] | None], ...]
 
@@ -99,7 +100,9 @@ def check_rules(rules: Rules) -> Rules:
   """Rules as a tuple of pairs; every logical axis must be mapped (None = replicated), except
   those added after older configs were written (`_LATER_AXES`, completed here)."""
   rules = tuple((str(k), tuple(v) if isinstance(v, list) else v) for k, v in rules)
-  rules += tuple(rule for rule in _LATER_AXES if rule[0] not in {k for k, _ in rules})
+  given = dict(rules)
+  rules += tuple((name, given.get(target) if target in LOGICAL_AXES else target)
+                 for name, target in _LATER_AXES if name not in given)
   missing = sorted(set(LOGICAL_AXES) - {k for k, _ in rules})
   if missing:
     raise UsageError(f'sharding_rules lacks logical axes {missing}: map each to a mesh axis or None.')

@@ -42,7 +42,7 @@ SLOW = pytest.mark.slow  # The default suite keeps one case per family.
 
 
 @pytest.mark.parametrize('kw', [
-    dict(arm='coupled', seq_len=128, P=4),
+    dict(arm='coupled', seq_len=128, P=4, num_kv_heads=2),
     dict(family='compressed', arm='coupled', seq_len=128, P=4),
     dict(family='hourglass', arm='coupled', seq_len=128, P=4, hourglass_pool='linear',
          hourglass_upsample='linear'),
@@ -51,7 +51,7 @@ SLOW = pytest.mark.slow  # The default suite keeps one case per family.
                  marks=SLOW),
     pytest.param(dict(family='hourglass', arm='coupled', seq_len=128, P=2, num_layers=3,
                       hourglass_layers='1,2,1'), marks=SLOW),
-], ids=['coupled-P4-T128', 'compressed-P4-T128', 'hourglass-linear-P4-T128', 'dense-T128',
+], ids=['coupled-P4-T128-gqa', 'compressed-P4-T128', 'hourglass-linear-P4-T128', 'dense-T128',
         'gate_frozen-P8-T64-one_slow_layer-xla', 'hourglass-P2-T128'])
 def test_flops_match_xla_cost_analysis(kw):
   cfg = ModelConfig(**{**BASE, **kw})

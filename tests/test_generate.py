@@ -76,8 +76,8 @@ SLOW = pytest.mark.slow  # The default suite keeps one case per family.
 
 @pytest.mark.parametrize('kw', [
     dict(P=3, slow_layers='every:2'), dict(family='compressed', P=3),
-    dict(P=3, hourglass_layers='1,2,1', **HOURGLASS_LINEAR),
-    *(pytest.param(kw, marks=SLOW) for kw in (
+    dict(P=3, hourglass_layers='1,2,1', **HOURGLASS_LINEAR), dict(P=4, num_kv_heads=1),
+    *(pytest.param(kw, marks=SLOW) for kw in (dict(family='compressed', P=4, num_kv_heads=1),
         dict(P=1), dict(P=3), dict(P=4), dict(P=16), dict(P=4, gate='scalar'),
         dict(arm='dense'), dict(arm='gate_frozen'), dict(arm='slow_frozen'),
         dict(family='compressed', P=4, slow_layers='every:2'), dict(family='hourglass', P=4))),

@@ -12,6 +12,7 @@ Jacobian, random tokens, gate 0 == dense) runs unchanged on every family of the 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 
@@ -24,7 +25,7 @@ import pytest
 from flax import nnx
 
 from fastslow_jax import models
-from fastslow_jax.models import ModelConfig
+from fastslow_jax.models import ModelConfig, attention_kernels
 from fastslow_jax.models import compressed as compressed_mod
 from fastslow_jax.models import fastslow as fastslow_mod
 from fastslow_jax.models import hourglass as hourglass_mod
@@ -41,6 +42,7 @@ VARIANTS = {
     'hourglass': dict(family='hourglass'),
     'hourglass-linear': dict(family='hourglass', hourglass_pool='linear',
                              hourglass_upsample='linear'),
+    'fastslow-gqa': dict(family='fastslow', num_kv_heads=1),  # One key head for both queries.
 }
 
 
@@ -265,9 +267,10 @@ def _assert_prefix_invariant(forward, P, T, seed, vocab=VOCAB):
 SLOW = pytest.mark.slow  # Cross-products: the default suite keeps one case per family.
 # One variant per family with every P that has a probe of its own in the default suite; the
 # rest of the cross-product with the slow tests.
-LEAK_CASES = [(4, 'fastslow-channel'), (2, 'compressed'), (8, 'hourglass-linear'), *(
-    pytest.param(P, v, marks=SLOW) for P in (2, 4, 8) for v in VARIANTS
-    if (P, v) not in {(4, 'fastslow-channel'), (2, 'compressed'), (8, 'hourglass-linear')})]
+DEFAULT_LEAK_CASES = [(4, 'fastslow-channel'), (2, 'compressed'), (8, 'hourglass-linear'),
+                      (4, 'fastslow-gqa')]
+LEAK_CASES = [*DEFAULT_LEAK_CASES, *(pytest.param(P, v, marks=SLOW) for P in (2, 4, 8)
+                                    for v in VARIANTS if (P, v) not in DEFAULT_LEAK_CASES)]
 
 
 @pytest.mark.parametrize('P,variant', LEAK_CASES)
@@ -575,6 +578,39 @@ def test_attention_backends_agree(arm, family):
   np.testing.assert_allclose(out['xla'], out['reference'], atol=2e-5, rtol=2e-5)
 
 
+@pytest.mark.parametrize('impl', ['reference', 'xla', 'splash'])
+def test_grouped_query_attention_reads_each_key_head_for_its_group(impl):
+  """K key and value heads serve H query heads in groups of H/K, exactly as if each were repeated
+  for its group (the kernels that need it get the repeated heads; the einsum reads them in
+  place)."""
+  q = jax.random.normal(jax.random.key(0), (2, 16, 4, 8))
+  k, v = (jax.random.normal(jax.random.key(i), (2, 16, 2, 8)) for i in (1, 2))
+  repeated = [jnp.repeat(x, 2, axis=2) for x in (k, v)]
+  with attention_kernels.interpret_kernels() if impl == 'splash' else contextlib.nullcontext():
+    got = jax.jit(lambda *a: models.attention(*a, causal=True, impl=impl))(q, k, v)
+    want = jax.jit(lambda *a: models.attention(*a, causal=True, impl=impl))(q, *repeated)
+  np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+def test_grouped_query_attention_caches_and_counts_key_heads_only():
+  mha, gqa = tiny(num_heads=4, d_model=32), tiny(num_heads=4, d_model=32, num_kv_heads=1)
+  for cfg, heads in ((mha, 4), (gqa, 1)):
+    model = models.build(cfg, rngs=0)
+    assert model.blocks[0].fast.wk.shape == (32, heads, 8)
+    _, caches = model.prefill(jnp.zeros((1, 8), jnp.int32), jnp.array([8]), 16)
+    assert caches[0]['fast'].k.shape == (1, 16, heads, 8)
+  saved = 2 * 2 * 32 * (32 - 8) * mha.num_layers  # k and v projections, 2 FLOPs a multiply-add.
+  assert models.flops_per_token(mha, training=False).fast - models.flops_per_token(
+      gqa, training=False).fast == pytest.approx(saved)
+  # As many key heads as query heads is ordinary multi-head attention, bitwise.
+  tokens = random_tokens(0, (2, 32))
+  same = [forward_fn(models.build(tiny(num_heads=4, d_model=32, num_kv_heads=n), rngs=0))(tokens)
+          for n in (0, 4)]
+  np.testing.assert_array_equal(*same)
+  with pytest.raises(ValueError, match='model.num_kv_heads=3 is invalid: it must divide'):
+    tiny(num_heads=4, d_model=32, num_kv_heads=3)
+
+
 @pytest.mark.parametrize('impl', ['reference', 'xla'])
 def test_attention_primitive_is_causal_softmax(impl):
   q, k, v = (jax.random.normal(jax.random.key(i), (1, 5, 2, 4)) for i in range(3))
@@ -591,7 +627,7 @@ def test_attention_primitive_is_causal_softmax(impl):
 
 # =========================================================================== logical axis names
 
-LOGICAL_AXES = {'vocab', 'embed', 'heads', 'kv', 'mlp', 'norm', 'length', 'compress'}
+LOGICAL_AXES = {'vocab', 'embed', 'heads', 'kv_heads', 'kv', 'mlp', 'norm', 'length', 'compress'}
 
 
 @pytest.mark.parametrize('kw', [

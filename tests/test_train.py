@@ -274,3 +274,16 @@ def test_a_workdir_under_a_directory_without_write_permission_is_refused(tmp_pat
     assert not (locked / 'run').exists()
   finally:
     locked.chmod(0o755)
+
+
+def test_key_heads_shard_like_heads_and_older_rules_complete_them():
+  from fastslow_jax import sharding
+  from fastslow_jax.configs import schema
+  assert dict(schema.SHARDING_RULES)['kv_heads'] == dict(schema.SHARDING_RULES)['heads']
+  older = [rule for rule in schema.SHARDING_RULES if rule[0] != 'kv_heads']
+  older = [(name, 'fsdp' if name == 'heads' else target) for name, target in older]
+  assert dict(sharding.check_rules(older))['kv_heads'] == 'fsdp'  # Wherever the heads go.
+  config = tiny_config(**{'mesh.data': 2, 'mesh.fsdp': 2, 'mesh.tensor': 2,
+                          'model.num_kv_heads': 1})
+  with pytest.raises(ValueError, match='model.num_kv_heads=1 is not divisible by mesh.tensor=2'):
+    runtime.resolve_config(config)

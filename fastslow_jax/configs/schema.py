@@ -86,6 +86,8 @@ class Field:
 
   `execution_only`: changes how, not what, is computed, so a resumed run may change it (dtype,
   kernels, remat). `derived`: filled in by `runtime.resolve_config`, recorded in config.json.
+  `placeholder`: its range's special values stand for what `runtime.resolve_config` fills in
+  (a vocabulary of -1: the data's), so a model never takes them.
   """
 
   default: Any
@@ -95,6 +97,7 @@ class Field:
   kind: type | tuple[type, ...] | None = None
   execution_only: bool = False
   derived: bool = False
+  placeholder: bool = False
 
   @property
   def kinds(self) -> tuple[type, ...]:
@@ -130,6 +133,7 @@ SHARDING_RULES = (
     ('vocab', 'tensor'),
     ('embed', 'fsdp'),
     ('heads', 'tensor'),
+    ('kv_heads', 'tensor'),  # Key and value heads (grouped-query attention).
     ('kv', None),
     ('mlp', 'tensor'),
     ('norm', None),
@@ -162,11 +166,14 @@ MODEL = {
     'arm': Field('coupled', 'The ablation arm (models/config.py).',
                  choices=Table('fastslow_jax.models.families', 'ARMS')),
     'vocab_size': Field(256, 'Vocabulary size; -1 in a config file: taken from the data.',
-                        _int(1, (-1, 'taken from the data'))),
+                        _int(1, (-1, 'taken from the data')), placeholder=True),
     'seq_len': Field(128, 'T: training context length.', POSITIVE_INT),
     'd_model': Field(128, 'Width of the residual stream.', POSITIVE_INT),
     'num_layers': Field(2, 'Layers.', POSITIVE_INT),
-    'num_heads': Field(4, 'Heads of the fast attention.', POSITIVE_INT),
+    'num_heads': Field(4, 'Heads of the fast attention (queries).', POSITIVE_INT),
+    'num_kv_heads': Field(0, 'Key and value heads of the fast attention (grouped-query attention: '
+                          'each serves num_heads / num_kv_heads query heads).',
+                          _int(1, (0, 'as many as model.num_heads'))),
     'mlp_dim': Field(512, 'SwiGLU hidden width.', POSITIVE_INT),
     # Slow path.
     'P': Field(16, 'Pooling period: one slow step per P tokens (eps = 1/P).', POSITIVE_INT),

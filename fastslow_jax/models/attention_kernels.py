@@ -45,16 +45,25 @@ def interpret_kernels():
 
 def attention(q: Array, k: Array, v: Array, *, causal: bool, impl: str = 'reference',
               block_q: int = 0, block_kv: int = 0) -> Array:
-  """Multi-head attention on [B, T, H, D] tensors through the backend `impl`.
+  """Multi-head attention of queries q [B, T, H, D] over keys and values [B, T, K, D] through
+  the backend `impl`; K divides H (grouped-query attention: key head j serves query heads
+  [j H/K, (j+1) H/K)).
 
   `block_q` / `block_kv` are the tiled kernels' tile sizes (0: the backend default); the other
   backends ignore them.
   """
   spec = attention_backends.backend(impl)
   kernel = globals()[spec.kernel]
-  if spec.tiled:
+  if spec.tiled:  # The Pallas kernels take one key and value head per query head.
+    k, v = (repeat_kv_heads(x, q.shape[2]) for x in (k, v))
     return kernel(q, k, v, causal, block_q=block_q, block_kv=block_kv)
   return kernel(q, k, v, causal)
+
+
+def repeat_kv_heads(x: Array, num_heads: int) -> Array:
+  """Keys or values [B, T, K, D] with each head repeated for its group: [B, T, num_heads, D]."""
+  groups = num_heads // x.shape[2]
+  return x if groups == 1 else jnp.repeat(x, groups, axis=2)
 
 
 # --------------------------------------------------------------------------- XLA backends
@@ -69,20 +78,23 @@ def reference_attention(q: Array, k: Array, v: Array, causal: bool) -> Array:
 
 
 def masked_attention(q: Array, k: Array, v: Array, mask: Array | None) -> Array:
-  """Softmax attention of q [B, Tq, H, D] over k, v [B, Tk, H, D] where `mask` (broadcastable
-  to [B, Tq, Tk]) is True; used directly by decoding, whose queries read a key cache. A query
-  that may see no key at all gets exactly zero (and a zero gradient), never NaN."""
-  scale = q.shape[-1] ** -0.5
-  logits = jnp.einsum('bqhd,bkhd->bhqk', q, k, preferred_element_type=jnp.float32) * scale
+  """Softmax attention of q [B, Tq, H, D] over k, v [B, Tk, K, D] where `mask` (broadcastable
+  to [B, Tq, Tk]) is True; used directly by decoding, whose queries read a key cache. K divides
+  H: key head j serves query heads [j H/K, (j+1) H/K), read in place (no copy per query head).
+  A query that may see no key at all gets exactly zero (and a zero gradient), never NaN."""
+  b, tq, h, d = q.shape
+  q = q.reshape(b, tq, k.shape[2], h // k.shape[2], d)  # Query head j * groups + g -> (j, g).
+  logits = jnp.einsum('bqjgd,bkjd->bjgqk', q, k, preferred_element_type=jnp.float32) * d ** -0.5
   if mask is None:
     weights = jax.nn.softmax(logits, axis=-1)
   else:
-    mask = (mask[None] if mask.ndim == 2 else mask)[:, None]  # [B, 1, Tq, Tk]
+    mask = (mask[None] if mask.ndim == 2 else mask)[:, None, None]  # [B, 1, 1, Tq, Tk]
     sees_any = jnp.any(mask, axis=-1, keepdims=True)
     # Rows that see nothing take a finite stand-in (so softmax stays finite) and are zeroed.
     logits = jnp.where(mask, logits, jnp.where(sees_any, -jnp.inf, 0.0))
     weights = jnp.where(sees_any, jax.nn.softmax(logits, axis=-1), 0.0)
-  return jnp.einsum('bhqk,bkhd->bqhd', weights.astype(v.dtype), v)
+  out = jnp.einsum('bjgqk,bkjd->bqjgd', weights.astype(v.dtype), v)
+  return out.reshape(b, tq, h, d)
 
 
 def xla_attention(q: Array, k: Array, v: Array, causal: bool) -> Array:

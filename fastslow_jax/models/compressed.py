@@ -186,7 +186,7 @@ def flops_per_token(cfg: ModelConfig, *, causal: bool, seq_len: int) -> flops.Fl
   (two MLPs per head, amortised over its P tokens) plus attention over the visible blocks."""
   d, P, hd, n = cfg.d_model, cfg.P, cfg.head_dim, -(-seq_len // cfg.P)
   mlp = 2 * (P * hd * cfg.compress_dim + cfg.compress_dim * hd)  # One block, one head.
-  compress = 2 * cfg.num_heads * mlp / P  # Keys and values.
+  compress = 2 * cfg.kv_heads * mlp / P  # Keys and values, per key head.
   # Token t sees (t+1)//P blocks: (n-1)/2 + 1/P on average over T = nP; a masked kernel all n.
   visible = sum((t + 1) // P for t in range(seq_len)) / seq_len if causal else n
   slow = len(cfg.slow_layer_ids) * (compress + 2 * 2 * d * visible)

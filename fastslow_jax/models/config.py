@@ -35,7 +35,8 @@ class ModelConfig:
     if isinstance(self.remat, bool):  # True / False, from older configs: 'full' / 'none'.
       object.__setattr__(self, 'remat', 'full' if self.remat else 'none')
     for field in dataclasses.fields(self):  # Types, choices and ranges: declared once.
-      schema.check_value(f'model.{field.name}', getattr(self, field.name), allow_special=False)
+      schema.check_value(f'model.{field.name}', getattr(self, field.name),
+                         allow_special=not field.metadata['schema'].placeholder)
     family = families.family(self.family)
     _check(self.arm in family.arms, 'arm', self.arm,
            f'family {self.family!r} has no gate; choose one of {", ".join(family.arms)}')
@@ -48,6 +49,9 @@ class ModelConfig:
            f'it must divide model.d_model={self.d_model}; pick a divisor of {self.d_model}')
     _check((self.d_model // self.num_heads) % 2 == 0, 'num_heads', self.num_heads,
            'model.d_model / model.num_heads must be even for rotary embeddings')
+    _check(self.num_heads % self.kv_heads == 0, 'num_kv_heads', self.num_kv_heads,
+           f'it must divide model.num_heads={self.num_heads} (each key and value head serves a '
+           'group of query heads)')
     if self.has_slow_path:
       _check(self.seq_len % self.P == 0, 'seq_len', self.seq_len,
              f'it must be a multiple of model.P={self.P}; use e.g. '
@@ -82,6 +86,11 @@ class ModelConfig:
   @property
   def head_dim(self) -> int:
     return self.d_model // self.num_heads
+
+  @property
+  def kv_heads(self) -> int:
+    """Key and value heads of the fast attention: `num_kv_heads`, 0 meaning `num_heads`."""
+    return self.num_kv_heads or self.num_heads
 
   @property
   def slow_head_dim(self) -> int:

@@ -136,7 +136,7 @@ class Block(nnx.Module):
     self.fast = CausalSelfAttention(cfg.d_model, cfg.num_heads, rope_theta=cfg.rope_theta,
                                     impl=cfg.attention_impl, block_q=cfg.attention_block_q,
                                     block_kv=cfg.attention_block_kv, rngs=rngs,
-                                    output_name=remat.FAST_ATTN, **kw)
+                                    output_name=remat.FAST_ATTN, num_kv_heads=cfg.kv_heads, **kw)
     self.mlp_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps, rngs=rngs, **kw)
     self.mlp = SwiGLU(cfg.d_model, cfg.mlp_dim, rngs=rngs, output_name=remat.MLP, **kw)
     path, gate = self._slow_path(cfg, slow_rngs) if slow else (None, None)

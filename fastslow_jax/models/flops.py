@@ -46,9 +46,11 @@ def attention(length: int, d_model: int, causal: bool) -> float:
   return 2 * 2 * d_model * keys
 
 
-def projections(d_model: int) -> float:
-  """q, k, v and output projections of one attention layer, per position."""
-  return 2 * 4 * d_model * d_model
+def projections(d_model: int, kv_dim: int | None = None) -> float:
+  """q, k, v and output projections of one attention layer, per position; keys and values of
+  width `kv_dim` (default d_model; grouped-query attention: key heads x head size)."""
+  kv_dim = d_model if kv_dim is None else kv_dim
+  return 2 * (2 * d_model * d_model + 2 * d_model * kv_dim)
 
 
 def swiglu(d_model: int, hidden: int) -> float:
@@ -57,8 +59,8 @@ def swiglu(d_model: int, hidden: int) -> float:
 
 def layer(cfg: ModelConfig, length: int, causal: bool) -> float:
   """One plain transformer layer (attention + SwiGLU MLP) per position of a `length` sequence."""
-  return (projections(cfg.d_model) + attention(length, cfg.d_model, causal)
-          + swiglu(cfg.d_model, cfg.mlp_dim))
+  return (projections(cfg.d_model, cfg.kv_heads * cfg.head_dim)
+          + attention(length, cfg.d_model, causal) + swiglu(cfg.d_model, cfg.mlp_dim))
 
 
 def head(cfg: ModelConfig) -> float:

@@ -52,7 +52,7 @@ def side_by_side_matmuls(x: Array, weights: tuple[Array, ...], dtype) -> tuple[A
   weight, since there the stack would copy every weight for each new token.
   """
   weights = tuple(w.astype(dtype) for w in weights)
-  if x.shape[-2] == 1:
+  if x.shape[-2] == 1 or len(weights) == 1:
     return tuple(jnp.tensordot(x, w, axes=1) for w in weights)
   stacked = jnp.tensordot(x, jnp.stack(weights, axis=1), axes=1)  # [..., S, len(weights), ...]
   return tuple(jax.lax.index_in_dim(stacked, i, axis=x.ndim - 1, keepdims=False)
@@ -138,17 +138,20 @@ class CausalSelfAttention(nnx.Module):
   """Causal multi-head self-attention with rotary positions, over a sequence of d_model vectors.
 
   Used twice in a fast-slow block: over the T tokens (fast) and over the T/P pooled blocks (slow),
-  each with its own projections and head count.
+  each with its own projections and head count. With `num_kv_heads` < `num_heads` (grouped-query
+  attention) each key and value head serves num_heads / num_kv_heads consecutive query heads.
   """
 
   def __init__(self, d_model: int, num_heads: int, *, rope_theta: float, impl: str, dtype,
                param_dtype, rngs: nnx.Rngs, output_name: str = remat.FAST_ATTN, block_q: int = 0,
-               block_kv: int = 0):
+               block_kv: int = 0, num_kv_heads: int | None = None):
     head_dim = d_model // num_heads
-    shape, axes = (d_model, num_heads, head_dim), ('embed', 'heads', 'kv')
-    self.wq = param(rngs, default_init, shape, axes, param_dtype)
-    self.wk = param(rngs, default_init, shape, axes, param_dtype)
-    self.wv = param(rngs, default_init, shape, axes, param_dtype)
+    kv_heads = num_kv_heads or num_heads
+    self.wq = param(rngs, default_init, (d_model, num_heads, head_dim), ('embed', 'heads', 'kv'),
+                    param_dtype)
+    kv_shape, kv_axes = (d_model, kv_heads, head_dim), ('embed', 'kv_heads', 'kv')
+    self.wk = param(rngs, default_init, kv_shape, kv_axes, param_dtype)
+    self.wv = param(rngs, default_init, kv_shape, kv_axes, param_dtype)
     out_init = nnx.initializers.variance_scaling(1.0, 'fan_in', 'truncated_normal', in_axis=(0, 1),
                                                  out_axis=2)
     self.wo = param(rngs, out_init, (num_heads, head_dim, d_model), ('heads', 'kv', 'embed'),
@@ -181,8 +184,13 @@ class CausalSelfAttention(nnx.Module):
   # The steps of a call, for blocks that combine attention with more (compressed.py).
 
   def project(self, x: Array) -> tuple[Array, Array, Array]:
-    """Queries, keys and values [B, T, H, head_dim] of x [B, T, D], before rotary positions."""
-    return side_by_side_matmuls(x, (self.wq[...], self.wk[...], self.wv[...]), self.dtype)
+    """Queries [B, T, H, head_dim] and keys and values [B, T, KV heads, head_dim] of x [B, T, D],
+    before rotary positions."""
+    if self.wq.shape == self.wk.shape:
+      return side_by_side_matmuls(x, (self.wq[...], self.wk[...], self.wv[...]), self.dtype)
+    q, = side_by_side_matmuls(x, (self.wq[...],), self.dtype)
+    k, v = side_by_side_matmuls(x, (self.wk[...], self.wv[...]), self.dtype)
+    return q, k, v
 
   def rotate(self, q: Array, k: Array, positions: Array) -> tuple[Array, Array]:
     """Rotary positions on queries and keys at `positions` [T] or [B, T]."""
