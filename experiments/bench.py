@@ -6,9 +6,10 @@ r"""Step time, throughput, FLOP/s and memory: dense vs coupled, over T and P.
         --mlp_dim=512 --seq_lens=64 --batch_size=12 --Ps= --steps=60   # the CPU throughput shape
 
 Each row is one jitted train step (forward, backward, AdamW) on random tokens, timed over
-`--steps` calls after `--warmup`, median reported; the rows of one T are timed round-robin, and
-between rounds a `--peak_n` square matmul in the compute dtype measures what one device's matmuls
-reach in the same process under the same load. FLOP/s uses the analytic training count with
+`--steps` calls after `--warmup`, median reported; the rows of one T are timed round-robin in an
+order rotated every round (`experiments/timing.py`, the harness the grids' step times use), and a
+`--peak_n` square matmul in the compute dtype, one more member of the round, measures what one
+device's matmuls reach in the same process under the same load. FLOP/s uses the analytic training count with
 causal attention counted honestly; "of peak" is that over the measured matmul peak of all devices,
 MFU over the vendor's peak where the device has one. Memory is XLA's compiled estimate (arguments
 + outputs + temporaries) and, where the device reports it, the measured peak. The last column is
@@ -24,79 +25,68 @@ shapes rather than at the peak's.
 
 from __future__ import annotations
 
-import statistics
-import time
-
 import jax
 import numpy as np
-from absl import app, flags
+from absl import flags
 
-from fastslow_jax import configlib, metrics, models, runtime
-
-_SIZE = flags.DEFINE_string('size', 'small', 'Model size from configs/fastslow.py.')
-_SEQ_LENS = flags.DEFINE_list('seq_lens', ['256', '1024'], 'Sequence lengths T.')
-_PS = flags.DEFINE_list('Ps', ['8', '16', '32'], 'Pooling periods for the coupled arm.')
-_BATCH = flags.DEFINE_integer('batch_size', 4, 'Global batch (sequences).')
-_STEPS = flags.DEFINE_integer('steps', 5, 'Timed steps per row.')
-_WARMUP = flags.DEFINE_integer('warmup', 2, 'Untimed steps per row (after compilation).')
-_IMPL = flags.DEFINE_enum('attention_impl', 'reference', list(models.ATTENTION_BACKENDS),
-                          'Attention backend.')
-_DTYPE = flags.DEFINE_string('dtype', None, 'Compute dtype (default: the size\'s).')
-_MESH = flags.DEFINE_string('mesh', '-1,1,1', 'data,fsdp,tensor.')
-_D_MODEL = flags.DEFINE_integer('d_model', None, 'Model width (default: the size\'s).',
-                                lower_bound=1)
-_LAYERS = flags.DEFINE_integer('num_layers', None, 'Layers (default: the size\'s).', lower_bound=1)
-_HEADS = flags.DEFINE_integer('num_heads', None, 'Fast and slow attention heads (default: the '
-                              'size\'s).', lower_bound=1)
-_MLP = flags.DEFINE_integer('mlp_dim', None, 'SwiGLU hidden width, phi_theta\'s too (default: the '
-                            'size\'s).', lower_bound=1)
-_PEAK_N = flags.DEFINE_integer('peak_n', 2048, 'Side of the square matmul that measures the '
-                               'peak (0: none).', lower_bound=0)
-_MATMULS_ALONE = flags.DEFINE_boolean('matmuls_alone', True, 'Also time each row\'s matmuls '
-                                      'alone, one at a time (the "ceiling" column).')
+from experiments import timing
+from fastslow_jax import cli, configlib, metrics, models, runtime, sharding
 
 
-class Row:
-  """One compiled configuration, ready to be timed a step at a time."""
+def define_flags() -> None:
+  flags.DEFINE_string('size', 'small', 'Model size from configs/fastslow.py.')
+  flags.DEFINE_list('seq_lens', ['256', '1024'], 'Sequence lengths T.')
+  flags.DEFINE_list('Ps', ['8', '16', '32'], 'Pooling periods for the coupled arm.')
+  flags.DEFINE_integer('batch_size', 4, 'Global batch (sequences).', lower_bound=1)
+  flags.DEFINE_integer('steps', 5, 'Timed steps per row.', lower_bound=1)
+  flags.DEFINE_integer('warmup', 2, 'Untimed steps per row (after compilation).', lower_bound=0)
+  flags.DEFINE_enum('attention_impl', 'reference', list(models.ATTENTION_BACKENDS),
+                    'Attention backend.')
+  flags.DEFINE_string('dtype', None, 'Compute dtype (default: the size\'s).')
+  flags.DEFINE_string('mesh', '-1,1,1', 'data,fsdp,tensor.')
+  flags.DEFINE_integer('d_model', None, 'Model width (default: the size\'s).', lower_bound=1)
+  flags.DEFINE_integer('num_layers', None, 'Layers (default: the size\'s).', lower_bound=1)
+  flags.DEFINE_integer('num_heads', None, 'Fast and slow attention heads (default: the size\'s).',
+                       lower_bound=1)
+  flags.DEFINE_integer('mlp_dim', None, 'SwiGLU hidden width, phi_theta\'s too (default: the '
+                       'size\'s).', lower_bound=1)
+  flags.DEFINE_integer('peak_n', 2048, 'Side of the square matmul that measures the peak (0: '
+                       'none).', lower_bound=0)
+  flags.DEFINE_boolean('matmuls_alone', True, 'Also time each row\'s matmuls alone, one at a '
+                       'time (the "ceiling" column).')
 
-  def __init__(self, arm: str, T: int, P: int):
-    data, fsdp, tensor = (int(x) for x in _MESH.value.split(','))
-    overrides = {'model.seq_len': T, 'model.vocab_size': 256, 'batch_size': _BATCH.value,
-                 'model.attention_impl': _IMPL.value, 'mesh.data': data, 'mesh.fsdp': fsdp,
-                 'mesh.tensor': tensor}
-    if _DTYPE.value:
-      overrides['model.dtype'] = _DTYPE.value
-    for flag, fields in ((_D_MODEL, ('d_model',)), (_LAYERS, ('num_layers',)),
-                         (_HEADS, ('num_heads', 'slow_num_heads')), (_MLP, ('mlp_dim', 'phi_dim'))):
-      if flag.value is not None:
-        overrides.update({f'model.{field}': flag.value for field in fields})
-    config = runtime.resolve_config(configlib.load(
-        f'fastslow:arm={arm},size={_SIZE.value},P={P}', overrides))
-    self.setup = setup = runtime.TrainSetup(config)
-    self.state = setup.init_state()
-    start = time.perf_counter()
-    self.compiled = setup.compile_train_step(config.batch_size)
-    self.compile_s = time.perf_counter() - start
-    rng = np.random.default_rng(0)
-    self.tokens = setup.global_batch(
-        rng.integers(0, 256, (config.batch_size, T + 1), dtype=np.int32))
-    self.arm, self.T, self.P, self.batch = arm, T, P, config.batch_size
-    self.times: list[float] = []
 
-  def step(self, record: bool) -> None:
-    with self.setup.activate():
-      start = time.perf_counter()
-      self.state, m = self.compiled(self.state, self.tokens)
-      jax.block_until_ready(m)
-    if record:
-      self.times.append(time.perf_counter() - start)
+SHAPE_FLAGS = (('d_model', ('d_model',)), ('num_layers', ('num_layers',)),
+               ('num_heads', ('num_heads', 'slow_num_heads')), ('mlp_dim', ('mlp_dim', 'phi_dim')))
+
+
+def row_config(f, arm: str, T: int, P: int):
+  """The config of one row: the size's, at this T and P, with the shape flags given."""
+  mesh = sharding.parse_mesh(f.mesh)
+  overrides = {'model.seq_len': T, 'model.vocab_size': 256, 'batch_size': f.batch_size,
+               'model.attention_impl': f.attention_impl,
+               **{f'mesh.{axis}': size for axis, size in mesh.items()}}
+  if f.dtype:
+    overrides['model.dtype'] = f.dtype
+  for name, fields in SHAPE_FLAGS:
+    if f[name].value is not None:
+      overrides.update({f'model.{field}': f[name].value for field in fields})
+  return configlib.load(f'fastslow:arm={arm},size={f.size},P={P}', overrides)
+
+
+class Row(timing.TrainStep):
+  """One configuration's train step, compiled and ready to be timed a step at a time."""
+
+  def __init__(self, f, arm: str, T: int, P: int):
+    super().__init__(row_config(f, arm, T, P))
+    self.arm, self.T, self.P, self.batch = arm, T, P, self.setup.config.batch_size
 
   def result(self, peak_matmul: float | None, alone: MatmulsAlone | None) -> dict:
     memory = self.compiled.memory_analysis()
     estimate = sum(getattr(memory, f, 0) or 0 for f in
                    ('argument_size_in_bytes', 'output_size_in_bytes', 'temp_size_in_bytes'))
-    step_s = statistics.median(self.times)
-    matmuls_s = statistics.median(alone.times) if alone else None
+    step_s = self.median()
+    matmuls_s = alone.median() if alone else None
     flops = models.flops_per_token(self.setup.model_config)
     tokens_per_s = self.batch * self.T / step_s
     stats = jax.devices()[0].memory_stats() or {}
@@ -116,22 +106,7 @@ class Row:
                         if matmuls_s and peak_matmul else None)}
 
 
-class Timed:
-  """A compiled program and its arguments, timed one call at a time beside the rows."""
-
-  def __init__(self, program, *args):
-    self.program, self.args = program, args
-    jax.block_until_ready(program(*args))  # Compiles where `program` is only jitted.
-    self.times: list[float] = []
-
-  def step(self, record: bool) -> None:
-    start = time.perf_counter()
-    jax.block_until_ready(self.program(*self.args))
-    if record:
-      self.times.append(time.perf_counter() - start)
-
-
-class MatmulsAlone(Timed):
+class MatmulsAlone(timing.Timed):
   """A row's matmuls alone: every dot_general of its train step, on random operands of the same
   shapes and dtypes, run one after another in one program. Their time is what this machine's
   matmul kernels need for the step's matmuls with nothing else running beside them, so the
@@ -161,7 +136,7 @@ class MatmulsAlone(Timed):
         runtime.compiler_options(jax.devices()[:1])), operands)
 
 
-class MatmulPeak(Timed):
+class MatmulPeak(timing.Timed):
   """FLOP/s of an n x n matmul in `dtype` on one device: what its matmuls reach on this machine
   at this moment, timed between the train steps so that both see the same load."""
 
@@ -171,22 +146,22 @@ class MatmulPeak(Timed):
     super().__init__(jax.jit(lambda a: a @ a), x)
 
   def flops_per_s(self) -> float:
-    return 2 * self.n**3 / statistics.median(self.times)
+    return 2 * self.n**3 / self.median()
 
 
-def bench_seq_len(T: int, Ps: list[int]):
-  """Dense and coupled at every P for one T, timed round-robin (A B C A B C ...) so that a
+def bench_seq_len(f, T: int, Ps: list[int]):
+  """Dense and coupled at every P for one T, timed round-robin (`timing.round_robin`) so that a
   machine slowing down or speeding up affects every row alike and the ratios stay honest; the
-  matmul peak (in the rows' compute dtype) is one more member of the round."""
+  matmul peak (in the rows' compute dtype) and each row's matmuls alone are members of the
+  round too."""
   # P has no effect on dense; any that divides T will do.
-  rows = [Row('dense', T, Ps[0] if Ps else 1)] + [Row('coupled', T, P) for P in Ps]
-  peak = MatmulPeak(_PEAK_N.value, rows[0].setup.model_config.dtype) if _PEAK_N.value else None
+  rows = [Row(f, 'dense', T, Ps[0] if Ps else 1)] + [Row(f, 'coupled', T, P) for P in Ps]
+  peak = MatmulPeak(f.peak_n, rows[0].setup.model_config.dtype) if f.peak_n else None
   # Matmuls alone run on one device: on a mesh of several they would not be the step's.
-  alone = ([MatmulsAlone(row) for row in rows] if _MATMULS_ALONE.value and jax.device_count() == 1
+  alone = ([MatmulsAlone(row) for row in rows] if f.matmuls_alone and jax.device_count() == 1
            else [None] * len(rows))
-  for i in range(_WARMUP.value + _STEPS.value):
-    for member in rows + [a for a in alone if a] + ([peak] if peak else []):
-      member.step(record=i >= _WARMUP.value)
+  timing.round_robin(rows + [a for a in alone if a] + ([peak] if peak else []), rounds=f.steps,
+                     warmup=f.warmup)
   return [row.result(peak.flops_per_s() if peak else None, a)
           for row, a in zip(rows, alone)], peak, alone
 
@@ -199,40 +174,42 @@ def format_table(rows: list[dict]) -> str:
   lines = [header, '-' * len(header)]
   for r in rows:
     ratio = r['step_s'] / dense[r['T']] if r['T'] in dense else float('nan')
-    mfu = f'{r["mfu"]:.1%}' if r['mfu'] is not None else '-'
-    of_peak = f'{r["of_peak"]:.1%}' if r['of_peak'] is not None else '-'
-    ceiling = f'{r["ceiling"]:.1%}' if r['ceiling'] is not None else '-'
+    pct = lambda x: f'{x:.1%}' if x is not None else '-'
     matmuls = f'{r["matmuls_s"] * 1e3:.1f}' if r['matmuls_s'] is not None else '-'
     peak = f'{r["mem_peak_gib"]:.2f}' if r['mem_peak_gib'] else '-'
     lines.append(f'{r["arm"]:<8} {r["T"]:>5} {r["P"] or "-":>3} {r["params"]:>11,} '
                  f'{r["step_s"] * 1e3:>9.1f} {r["tokens_per_s"]:>10,.0f} '
-                 f'{r["gflops_per_s"]:>9,.1f} {of_peak:>7} {ceiling:>7} {matmuls:>7} {mfu:>6} '
-                 f'{r["slow_flop_share"]:>6.1%} {r["mem_estimate_gib"]:>8.3f} {peak:>8} '
-                 f'{ratio:>8.3f}')
+                 f'{r["gflops_per_s"]:>9,.1f} {pct(r["of_peak"]):>7} {pct(r["ceiling"]):>7} '
+                 f'{matmuls:>7} {pct(r["mfu"]):>6} {r["slow_flop_share"]:>6.1%} '
+                 f'{r["mem_estimate_gib"]:>8.3f} {peak:>8} {ratio:>8.3f}')
   return '\n'.join(lines)
 
 
-def main(argv):
-  del argv
-  print(f'{jax.device_count()} x {jax.devices()[0].device_kind}, size={_SIZE.value}, '
-        f'batch={_BATCH.value}, attention={_IMPL.value}')
+def print_notes(T: int, results: list[dict], peak: MatmulPeak | None, alone) -> None:
+  if peak:
+    print(f'matmul peak ({peak.n}x{peak.n} {peak.dtype}, one device, median of '
+          f'{len(peak.times)}): {peak.flops_per_s() / 1e9:,.1f} GFLOP/s; "of peak" is each '
+          f'row\'s GFLOP/s over {jax.device_count()} x that.', flush=True)
+  for r, a in zip(results, alone):
+    if a:
+      name = f'{r["arm"]} T={T}' + (f' P={r["P"]}' if r['P'] else '')
+      print(f'Matmuls alone, {name}: its {a.count} matmuls ({a.flops / 1e9:.2f} GFLOP), one '
+            f'at a time with nothing beside them, take {r["matmuls_s"] * 1e3:.1f} ms ("mm ms"); '
+            f'"ceiling" is the row\'s FLOPs in that time over the peak: the most "of peak" '
+            f'this machine\'s matmul kernels allow the step.', flush=True)
+
+
+def main():
+  f = flags.FLAGS
+  print(f'{jax.device_count()} x {jax.devices()[0].device_kind}, size={f.size}, '
+        f'batch={f.batch_size}, attention={f.attention_impl}')
   rows = []
-  for T in (int(t) for t in _SEQ_LENS.value):
-    results, peak, alone = bench_seq_len(T, [int(p) for p in _PS.value])
+  for T in (int(t) for t in f.seq_lens):
+    results, peak, alone = bench_seq_len(f, T, [int(p) for p in f.Ps])
     rows += results
     print(format_table(rows), flush=True)
-    if peak:
-      print(f'matmul peak ({peak.n}x{peak.n} {peak.dtype}, one device, median of '
-            f'{len(peak.times)}): {peak.flops_per_s() / 1e9:,.1f} GFLOP/s; "of peak" is each '
-            f'row\'s GFLOP/s over {jax.device_count()} x that.', flush=True)
-    for r, a in zip(results, alone):
-      if a:
-        name = f'{r["arm"]} T={T}' + (f' P={r["P"]}' if r['P'] else '')
-        print(f'Matmuls alone, {name}: its {a.count} matmuls ({a.flops / 1e9:.2f} GFLOP), one '
-              f'at a time with nothing beside them, take {r["matmuls_s"] * 1e3:.1f} ms ("mm ms"); '
-              f'"ceiling" is the row\'s FLOPs in that time over the peak: the most "of peak" '
-              f'this machine\'s matmul kernels allow the step.', flush=True)
+    print_notes(T, results, peak, alone)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main, define_flags)

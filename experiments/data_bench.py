@@ -29,23 +29,27 @@ import sys
 import time
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 
-from experiments import common
+from experiments import repo, report
 from fastslow_jax import cli, data
 from fastslow_jax.configs import schema
 
-_WORKDIR = flags.DEFINE_string('workdir', '/tmp/data_bench', 'Corpora, datasets and runs.')
-_LARGE = flags.DEFINE_integer('large_mb', 1024, 'Size of the large corpus (MB).')
-_SMALL = flags.DEFINE_integer('small_mb', 10, 'Size of the small corpus (MB).')
-_THROUGHPUT = flags.DEFINE_integer('throughput_mb', 64, 'Input timed per prepare row (MB).')
-_VOCAB = flags.DEFINE_integer('vocab', 2048, 'BPE vocabulary size.')
-_SEQ_LEN = flags.DEFINE_integer('seq_len', 1024, 'Window length T of the loader benchmark.')
-_BATCH = flags.DEFINE_integer('batch_size', 8, 'Windows per batch of the loader benchmark.')
-_LOADER_S = flags.DEFINE_float('loader_seconds', 50.0, 'How long the loader is timed.')
-_STEPS = flags.DEFINE_integer('train_steps', 50, 'Steps of each training run.')
-_OUT = flags.DEFINE_string('out_dir', None, 'Report directory (default: experiments/reports/).')
+def define_flags() -> None:
+  flags.DEFINE_string('workdir', '/tmp/data_bench', 'Corpora, datasets and runs.')
+  flags.DEFINE_integer('large_mb', 1024, 'Size of the large corpus (MB).', lower_bound=1)
+  flags.DEFINE_integer('small_mb', 10, 'Size of the small corpus (MB).', lower_bound=1)
+  flags.DEFINE_integer('throughput_mb', 64, 'Input timed per prepare row (MB).', lower_bound=1)
+  flags.DEFINE_integer('vocab', 2048, 'BPE vocabulary size.', lower_bound=1)
+  flags.DEFINE_integer('seq_len', 1024, 'Window length T of the loader benchmark.', lower_bound=1)
+  flags.DEFINE_integer('batch_size', 8, 'Windows per batch of the loader benchmark.',
+                       lower_bound=1)
+  flags.DEFINE_float('loader_seconds', 50.0, 'How long the loader is timed.', lower_bound=0)
+  flags.DEFINE_integer('train_steps', 50, 'Steps of each training run.', lower_bound=1)
+  flags.DEFINE_string('out_dir', None, 'Report directory (default: experiments/reports/).')
 
+
+F = flags.FLAGS
 MB = 10**6
 FILE_MB = 64
 WORDS = 'the of and to a in that is was he for it with as his on be at by had not'.split()
@@ -54,8 +58,8 @@ WORDS = 'the of and to a in that is was he for it with as his on be at by had no
 def write_corpus(directory: pathlib.Path, size_mb: int, seed: int = 0) -> list[pathlib.Path]:
   """`size_mb` of blank-line-separated documents of about 4 KB in files of FILE_MB."""
   directory.mkdir(parents=True, exist_ok=True)
-  if common.DEFAULT_TEXT.exists():
-    paragraphs = [p.replace('\n', ' ') for p in common.DEFAULT_TEXT.read_text().split('\n\n')]
+  if repo.DEFAULT_TEXT.exists():
+    paragraphs = [p.replace('\n', ' ') for p in repo.DEFAULT_TEXT.read_text().split('\n\n')]
   else:
     rng = np.random.default_rng(seed)
     paragraphs = [' '.join(rng.choice(WORDS, rng.integers(5, 40))) for _ in range(5000)]
@@ -91,11 +95,11 @@ def run_measured(args: list[str], log: pathlib.Path) -> dict[str, float]:
   """Wall and CPU seconds and the peak RSS (MB) of the command's largest process; its output
   goes to `log`."""
   env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
-  env['PYTHONPATH'] = str(common.REPO)
+  env['PYTHONPATH'] = str(repo.REPO)
   rss_file = log.with_suffix('.maxrss')
   start = time.perf_counter()
   with open(log, 'w') as out:
-    code = subprocess.run([sys.executable, '-c', _MEASURE, str(rss_file), *args], cwd=common.REPO,
+    code = subprocess.run([sys.executable, '-c', _MEASURE, str(rss_file), *args], cwd=repo.REPO,
                           env=env, stdout=out, stderr=subprocess.STDOUT).returncode
   if code:
     raise SystemExit(f'{" ".join(args)} failed: see {log}')
@@ -167,16 +171,16 @@ def loader_throughput(path: pathlib.Path) -> dict:
   """Tokens/s of the training iterator over a prepared dataset, and this process's memory."""
   cfg = schema.defaults().data
   cfg.update({'kind': 'tokens', 'path': str(path)})
-  dataset = data.make_dataset(cfg, seq_len=_SEQ_LEN.value, split='train')
-  iterator = data.make_iterator(dataset, batch_size=_BATCH.value, seed=0)
+  dataset = data.make_dataset(cfg, seq_len=F.seq_len, split='train')
+  iterator = data.make_iterator(dataset, batch_size=F.batch_size, seed=0)
   for _ in range(10):
     next(iterator)
   rss_before = rss_mb()[0]
   start, count = time.perf_counter(), 0
-  while time.perf_counter() - start < _LOADER_S.value:
-    count += next(iterator).shape[0] * _SEQ_LEN.value
+  while time.perf_counter() - start < F.loader_seconds:
+    count += next(iterator).shape[0] * F.seq_len
   elapsed = time.perf_counter() - start
-  return {'T': _SEQ_LEN.value, 'batch': _BATCH.value, 'windows': len(dataset),
+  return {'T': F.seq_len, 'batch': F.batch_size, 'windows': len(dataset),
           'tokens_per_s': count / elapsed, 'tokens_read': count, 'rss_mb_before': rss_before,
           'rss_mb_after': rss_mb()[0]}
 
@@ -187,7 +191,7 @@ def train_rss(path: pathlib.Path, root: pathlib.Path) -> dict:
   measured = run_measured(
       [sys.executable, '-m', 'fastslow_jax.train',
        '--config=configs/fastslow.py:arm=dense,size=tiny', '--config.data.kind=tokens',
-       f'--config.data.path={path}', f'--config.total_steps={_STEPS.value}',
+       f'--config.data.path={path}', f'--config.total_steps={F.train_steps}',
        f'--workdir={workdir}'], root / f'train-{path.name}.log')
   manifest = json.loads((path / 'dataset.json').read_text())
   return {'dataset': path.name, 'train_tokens': manifest['splits']['train']['tokens'],
@@ -196,10 +200,10 @@ def train_rss(path: pathlib.Path, root: pathlib.Path) -> dict:
 
 def corpora(root: pathlib.Path) -> tuple[str, str, str]:
   """(large, small, throughput) inputs as globs / lists of files, written when missing."""
-  large_dir = root / f'corpus-{_LARGE.value}mb'
+  large_dir = root / f'corpus-{F.large_mb}mb'
   if not (large_dir / 'done').exists():
-    print(f'Writing a {_LARGE.value} MB corpus to {large_dir}...')
-    write_corpus(large_dir, _LARGE.value)
+    print(f'Writing a {F.large_mb} MB corpus to {large_dir}...')
+    write_corpus(large_dir, F.large_mb)
     (large_dir / 'done').touch()
   def head(mb: int) -> str:  # The first `mb` of the large corpus (whole files, or a cut file).
     target = root / f'head-{mb}mb.txt'
@@ -208,17 +212,15 @@ def corpora(root: pathlib.Path) -> tuple[str, str, str]:
         cut = f.read(mb * MB)
       target.write_text(cut[:cut.rfind('\n\n') + 2])
     return str(target)
-  return f'{large_dir}/part-*.txt', head(_SMALL.value), head(_THROUGHPUT.value)
+  return f'{large_dir}/part-*.txt', head(F.small_mb), head(F.throughput_mb)
 
 
-def main(argv) -> None:
-  del argv
-  cli.quiet_library_logs()
-  root = pathlib.Path(_WORKDIR.value)
+def main() -> None:
+  root = pathlib.Path(F.workdir)
   root.mkdir(parents=True, exist_ok=True)
   started = time.perf_counter()
   large, small, sample = corpora(root)
-  bpe = f'bpe:{_VOCAB.value}'
+  bpe = f'bpe:{F.vocab}'
   results = {'small_prepare': prepare(small, root / 'small', bpe, 2, root)}
   trained = f'hf:{root / "small" / "tokenizer.json"}'
   results['throughput'] = []
@@ -229,38 +231,39 @@ def main(argv) -> None:
       results['throughput'].append(row)
   results['control'] = concurrency_control(root / 'small' / 'tokenizer.json', sample)
   print(results['control'])
-  print(f'Preparing the {_LARGE.value} MB corpus ({bpe}, 2 workers)...')
+  print(f'Preparing the {F.large_mb} MB corpus ({bpe}, 2 workers)...')
   results['large_prepare'] = prepare(large, root / 'large', bpe, 2, root)
   results['loader'] = loader_throughput(root / 'large')
   print(results['loader'])
   results['train'] = [train_rss(root / name, root) for name in ('large', 'small')]
   print(results['train'])
-  report(results, time.perf_counter() - started)
+  write(results, time.perf_counter() - started)
 
 
-def report(results: dict, elapsed: float) -> None:
+def write(results: dict, elapsed: float) -> None:
   loader, (big, little), lp = results['loader'], results['train'], results['large_prepare']
   load = ', '.join(f'{x:.1f}' for x in os.getloadavg())
-  rows = [[r['tokenizer'] if r['tokenizer'] == 'byte' else f'bpe:{_VOCAB.value} (trained)',
+  rows = [[r['tokenizer'] if r['tokenizer'] == 'byte' else f'bpe:{F.vocab} (trained)',
            r['workers'], f'{r["MB"]:.0f}', f'{r["seconds"]:.1f}', f'{r["MB_per_s"]:.2f}',
            f'{r["MB_per_cpu_s"]:.2f}', f'{r["tokens_per_s"] / 1e6:.2f}M',
            f'{r["peak_rss_mb"]:.0f}']
           for r in results['throughput']]
-  text = common.report_header('Data pipeline: prepare, loader and memory (data_bench)',
-                              common.command_line('experiments.data_bench'), elapsed)
+  text = report.header('Data pipeline: prepare, loader and memory (data_bench)',
+                       report.provenance(report.command_line('experiments.data_bench'),
+                                         elapsed_s=elapsed))
   text += (
       '\n## Conclusion\n\n'
       f'Loader: {loader["tokens_per_s"] / 1e6:.1f}M tokens/s in one process at T={loader["T"]} '
       f'(target >= 2M). A training run\'s peak RSS is {big["peak_rss_mb"]:.0f} MB on the '
-      f'{_LARGE.value} MB corpus ({big["train_tokens"] / 1e6:.0f}M train tokens) and '
-      f'{little["peak_rss_mb"]:.0f} MB on the {_SMALL.value} MB one: '
+      f'{F.large_mb} MB corpus ({big["train_tokens"] / 1e6:.0f}M train tokens) and '
+      f'{little["peak_rss_mb"]:.0f} MB on the {F.small_mb} MB one: '
       f'{big["peak_rss_mb"] - little["peak_rss_mb"]:+.0f} MB (target: within 300 MB). Preparing '
-      f'the {_LARGE.value} MB corpus with bpe:{_VOCAB.value} on 2 workers took '
+      f'the {F.large_mb} MB corpus with bpe:{F.vocab} on 2 workers took '
       f'{lp["seconds"] / 60:.1f} min ({lp["MB_per_s"]:.2f} MB/s including tokenizer training; '
       f'peak RSS {lp["peak_rss_mb"]:.0f} MB). Load average at the end: {load} on '
       f'{os.cpu_count()} cores (the machine is shared: throughputs move with it).\n\n'
-      f'## prepare throughput ({_THROUGHPUT.value} MB of input, wall time with start-up)\n\n')
-  text += common.markdown_table(
+      f'## prepare throughput ({F.throughput_mb} MB of input, wall time with start-up)\n\n')
+  text += report.markdown_table(
       ['tokenizer', 'workers', 'MB', 'seconds', 'MB/s', 'MB per CPU-second', 'tokens/s',
        'peak RSS (MB)'], rows)
   control = results['control']
@@ -269,19 +272,19 @@ def report(results: dict, elapsed: float) -> None:
            f'at once at {control["two_processes_MB_per_s"]:.2f} MB/s together: what this '
            'machine\'s cores give a second process at the time.\n')
   text += (f'\n## Loader (one process, T={loader["T"]}, batch {loader["batch"]}, '
-           f'{_LOADER_S.value:.0f} s)\n\n')
-  text += common.markdown_table(
+           f'{F.loader_seconds:.0f} s)\n\n')
+  text += report.markdown_table(
       ['dataset', 'windows', 'tokens/s', 'tokens read', 'RSS before / after (MB)'],
-      [[f'{_LARGE.value} MB', f'{loader["windows"]:,}', f'{loader["tokens_per_s"] / 1e6:.1f}M',
+      [[f'{F.large_mb} MB', f'{loader["windows"]:,}', f'{loader["tokens_per_s"] / 1e6:.1f}M',
         f'{loader["tokens_read"] / 1e6:.0f}M',
         f'{loader["rss_mb_before"]:.0f} / {loader["rss_mb_after"]:.0f}']])
-  text += f'\n## Training run memory (dense, tiny, {_STEPS.value} steps, peak RSS)\n\n'
-  text += common.markdown_table(['dataset', 'train tokens', 'seconds', 'peak RSS (MB)'], [
+  text += f'\n## Training run memory (dense, tiny, {F.train_steps} steps, peak RSS)\n\n'
+  text += report.markdown_table(['dataset', 'train tokens', 'seconds', 'peak RSS (MB)'], [
       [f'{mb} MB', f'{r["train_tokens"]:,}', f'{r["seconds"]:.0f}', f'{r["peak_rss_mb"]:.0f}']
-      for mb, r in ((_LARGE.value, big), (_SMALL.value, little))])
-  path = common.write_report(common.report_dir('data_bench', _OUT.value), text, results)
+      for mb, r in ((F.large_mb, big), (F.small_mb, little))])
+  path = report.write_report(repo.report_dir('data_bench', F.out_dir), text, results)
   print(f'Wrote {path}')
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main, define_flags)

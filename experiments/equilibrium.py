@@ -16,7 +16,8 @@ fitted on held-out windows, and scored on other windows by the total-variation d
 pbar_j, the mean of p_st(y_t) over the block's tokens. Baselines: the uniform distribution, the
 best constant distribution, the block's empirical token histogram, the same read-out from the
 pooled layer input (a linear image of the block histogram at layer 0), and the drift floor
-TV(p_st(y at the block's end), pbar_j). Report: experiments/reports/equilibrium/report.md.
+TV(p_st(y at the block's end), pbar_j). Report: experiments/reports/equilibrium/report.md
+(`--report_only` re-renders it from its results.json).
 """
 
 from __future__ import annotations
@@ -29,10 +30,12 @@ import time
 from typing import Any, Sequence
 
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from scipy import optimize
 
-from experiments import common
+from experiments import grid, repo, report, stats
+from experiments.probes import apply_jitted
 from fastslow_jax import data, models, restoring, train
 from fastslow_jax.data import ctmc
 
@@ -109,7 +112,7 @@ def _slow_features(model, tokens):
 def features(model, tokens: np.ndarray, batch: int = 64) -> dict[str, np.ndarray]:
   """Per slow layer i: 'phi_i' (phi_theta's output at every block) and 'pooled_i' (the pooled
   layer input), each [num * blocks, d_model]."""
-  parts = [common.apply_jitted(model, _slow_features, jnp.asarray(tokens[i:i + batch]))
+  parts = [apply_jitted(model, _slow_features, jnp.asarray(tokens[i:i + batch]))
            for i in range(0, len(tokens), batch)]
   return {k: np.concatenate([np.asarray(p[k], np.float64) for p in parts]).reshape(
       -1, parts[0][k].shape[-1]) for k in parts[0]}
@@ -166,34 +169,11 @@ def oracle_loss(source: ctmc.CTMCSource, *, seq_len: int, seed: int, P: int,
   return float(-source.oracle_log_probs(tokens, level).mean())
 
 
-def train_one(P: int, *, source: ctmc.CTMCSource, size: str, tokens: int, seed: int,
-              overrides: dict[str, Any], probes: int, probe_windows: int, workdir: pathlib.Path,
-              devices=None, log=print) -> dict[str, Any]:
-  """Trains the coupled model at this P on the CTMC source, probing phi_theta as it goes."""
-  config = common.make_config('coupled', size=size, P=P, seed=seed, tokens=tokens,
-                              overrides={**overrides, 'data.vocab_size': source.V,
-                                         'model.vocab_size': source.V})
-  config.data.shuffle = False  # Fresh windows, each read once, in the order they were drawn.
-  T, B, steps = config.model.seq_len, config.batch_size, config.total_steps
-  config.eval_batches = 64 // B
-  key = {'config': json.loads(config.to_json_best_effort()), 'source': repr(vars_of(source)),
-         'probes': probes, 'probe_windows': probe_windows}
-  result_path = workdir / common.RESULT_FILE
-  if result_path.exists():
-    old = json.loads(result_path.read_text())
-    if old.get('key') == key:
-      log(f'P={P}: reused ({result_path})')
-      return old
-  shutil.rmtree(workdir, ignore_errors=True)
-  start = time.perf_counter()
-  datasets = ctmc_datasets(source, seq_len=T, num_train=steps * B, seed=seed, P=P)
-  fit = ProbeSet(source, seq_len=T, P=P, num=probe_windows, seed=seed)
-  test = ProbeSet(source, seq_len=T, P=P, num=probe_windows, seed=seed + 1000)
-  base = baselines(fit, test)
-  probe_at = sorted({0, steps, *map(int, np.geomspace(max(1, steps // 50), steps,
-                                                      max(1, probes - 1)).astype(int))})
+def _probe_curve(config, workdir: pathlib.Path, datasets: train.Datasets, fit: ProbeSet,
+                 test: ProbeSet, probe_at: Sequence[int], devices, log) -> list[dict[str, Any]]:
+  """Trains up to each probe step (a checkpoint), then probes that checkpoint."""
   curve = []
-  for step in probe_at:  # Train up to the probe step (a checkpoint), then probe that checkpoint.
+  for step in probe_at:
     train.train(config, str(workdir), devices=devices, stop_at_step=step, datasets=datasets)
     restored = restoring.restore(str(workdir), step, devices=devices)
     with restored.setup.activate():
@@ -201,13 +181,42 @@ def train_one(P: int, *, source: ctmc.CTMCSource, size: str, tokens: int, seed: 
                 'tv': probe(restored.model(), fit, test),
                 'gate': models.gate_values(restored.params)}
     curve.append({'step': step, **record})
-    log(f'P={P} step {step}: val {record["val_loss"]:.4f}, TV '
+    log(f'P={config.model.P} step {step}: val {record["val_loss"]:.4f}, TV '
         + ', '.join(f'{k} {v:.3f}' for k, v in record['tv'].items()))
-  train_s, _ = common.train_seconds(common.read_metrics(workdir))
+  return curve
+
+
+def train_one(P: int, *, source: ctmc.CTMCSource, size: str, tokens: int, seed: int,
+              overrides: dict[str, Any], probes: int, probe_windows: int, workdir: pathlib.Path,
+              devices=None, log=print) -> dict[str, Any]:
+  """Trains the coupled model at this P on the CTMC source, probing phi_theta as it goes."""
+  config = grid.make_config('coupled', size=size, P=P, seed=seed, tokens=tokens,
+                            overrides={**overrides, 'data.vocab_size': source.V,
+                                       'model.vocab_size': source.V})
+  config.data.shuffle = False  # Fresh windows, each read once, in the order they were drawn.
+  T, B, steps = config.model.seq_len, config.batch_size, config.total_steps
+  config.eval_batches = 64 // B
+  key = {'config': json.loads(config.to_json_best_effort()), 'source': repr(vars_of(source)),
+         'probes': probes, 'probe_windows': probe_windows}
+  result_path = workdir / grid.RESULT_FILE
+  if result_path.exists():
+    old = json.loads(result_path.read_text())
+    if old.get('key') == key:
+      log(f'P={P}: reused ({result_path})')
+      return old
+  shutil.rmtree(workdir, ignore_errors=True)
+  commit, start = repo.git_commit(), time.perf_counter()
+  datasets = ctmc_datasets(source, seq_len=T, num_train=steps * B, seed=seed, P=P)
+  fit = ProbeSet(source, seq_len=T, P=P, num=probe_windows, seed=seed)
+  test = ProbeSet(source, seq_len=T, P=P, num=probe_windows, seed=seed + 1000)
+  probe_at = sorted({0, steps, *map(int, np.geomspace(max(1, steps // 50), steps,
+                                                      max(1, probes - 1)).astype(int))})
+  curve = _probe_curve(config, workdir, datasets, fit, test, probe_at, devices, log)
+  train_s, _ = grid.train_seconds(grid.read_metrics(workdir))
   result = {'key': key, 'P': P, 'steps': steps, 'tokens': steps * B * T,
             'oracle_loss': oracle_loss(source, seq_len=T, seed=seed, P=P),
-            'baselines': base, 'curve': curve, 'train_s': train_s,
-            'wall_s': time.perf_counter() - start}
+            'baselines': baselines(fit, test), 'curve': curve, 'train_s': train_s,
+            'wall_s': time.perf_counter() - start, 'commit': commit}
   result_path.write_text(json.dumps(result, indent=1) + '\n')
   return result
 
@@ -229,36 +238,43 @@ def _layers(results) -> list[str]:
                 key=lambda k: int(k.split('_')[1]))
 
 
+def _listed(Ps: Sequence[int], values: dict[int, float]) -> str:
+  return ', '.join(f'{values[P]:.3f}' for P in Ps)
+
+
+def _against_baselines(Ps, best, b, pooled) -> list[str]:
+  """Where the trained read-out is below the histogram read-out and the pooled input."""
+  beats = [P for P in Ps if best[P] < b[P]['histogram read-out']]
+  below = all(best[P] < b[P]['best constant'] for P in Ps)
+  adds = [P for P in Ps if best[P] < pooled[P]]
+  return [
+      ('It is lower than the same read-out applied to the block\'s own token histogram at P in '
+       f'{{{", ".join(map(str, beats))}}}' if beats else 'It is never lower than the same '
+       'read-out applied to the block\'s own token histogram')
+      + f' (histogram read-out: {_listed(Ps, {P: b[P]["histogram read-out"] for P in Ps})}), and '
+      f'{"below" if below else "not always below"} the best constant distribution '
+      f'({np.mean([b[P]["best constant"] for P in Ps]):.3f}).',
+      ('Slow attention + phi_theta reach a lower TV than their own pooled input (best layer) at '
+       f'P in {{{", ".join(map(str, adds))}}}' if adds else 'Slow attention + phi_theta never '
+       'reach a lower TV than their own pooled input (best layer)')
+      + f' (pooled input: {_listed(Ps, pooled)}).']
+
+
 def conclusion(results: list[dict[str, Any]]) -> str:
   """A short paragraph computed from the final and initial probes and the baselines."""
   layers = _layers(results)
-  out = []
   best = {r['P']: min(_final(r)[k] for k in layers) for r in results}
   best_layer = {r['P']: min(layers, key=lambda k: _final(r)[k]) for r in results}
   init = {r['P']: min(r['curve'][0]['tv'][k] for k in layers) for r in results}
-  Ps = sorted(best)
+  pooled = {r['P']: min(_final(r)[k.replace('phi_', 'pooled_')] for k in layers) for r in results}
   b = {r['P']: r['baselines'] for r in results}
-  out.append(
+  Ps = sorted(best)
+  out = [
       'After training, the read-out from phi_theta reaches a mean TV to p_st of '
       + ', '.join(f'{best[P]:.3f} (P={P}, {best_layer[P].replace("phi_", "layer ")})' for P in Ps)
-      + '; at initialisation (random phi_theta) it was '
-      + ', '.join(f'{init[P]:.3f}' for P in Ps)
-      + f', so training changes it by {np.mean([best[P] - init[P] for P in Ps]):+.3f} on average '
-      '(negative: closer to p_st).')
-  beats = [P for P in Ps if best[P] < b[P]['histogram read-out']]
-  out.append(
-      f'It beats the same read-out applied to the block\'s own token histogram at P in '
-      f'{{{", ".join(map(str, beats))}}}' if beats else
-      'It never beats the same read-out applied to the block\'s own token histogram')
-  out[-1] += (f' (histogram read-out: {", ".join(f"{b[P]["histogram read-out"]:.3f}" for P in Ps)})'
-              f', and is {"below" if all(best[P] < b[P]["best constant"] for P in Ps) else "not always below"}'
-              f' the best constant distribution ({np.mean([b[P]["best constant"] for P in Ps]):.3f}).')
-  pooled = {r['P']: min(_final(r)[k.replace('phi_', 'pooled_')] for k in layers) for r in results}
-  adds = [P for P in Ps if best[P] < pooled[P]]
-  out.append('Slow attention + phi_theta improve on their own pooled input (best layer) at P in '
-             f'{{{", ".join(map(str, adds))}}}' if adds else
-             'Slow attention + phi_theta never improve on their own pooled input (best layer)')
-  out[-1] += f' (pooled input: {", ".join(f"{pooled[P]:.3f}" for P in Ps)}).'
+      + f'; at initialisation (random phi_theta) it was {_listed(Ps, init)}, so training changes '
+      f'it by {np.mean([best[P] - init[P] for P in Ps]):+.3f} on average (negative: closer to '
+      'p_st).', *_against_baselines(Ps, best, b, pooled)]
   trend = np.polyfit(np.log2(Ps), [best[P] for P in Ps], 1)[0] if len(Ps) > 1 else math.nan
   drift = [b[P]['drift floor'] for P in Ps]
   out.append(
@@ -268,13 +284,20 @@ def conclusion(results: list[dict[str, Any]]) -> str:
       f'{b[Ps[-1]]["block histogram"]:.3f} (more tokens per block), while the drift floor (y moving '
       f'within a block) rises from {drift[0]:.4f} to {drift[-1]:.4f}: eps -> 0 in the model is '
       'bounded by the data\'s own slow timescale, not only by P.')
+  out.append(ONE_SEED)
   return ' '.join(out)
 
 
-def plot(results, out_dir: pathlib.Path) -> tuple[str, str]:
+ONE_SEED = (
+    f'Each P is one training run (one seed), each TV a mean over held-out blocks: the comparisons '
+    f'above are measured, not tested against seed-to-seed noise, so in the words of '
+    f'`experiments/stats.py` every one of them is {stats.UNDETERMINED}.')
+
+
+def plot_training(results, out_dir: pathlib.Path) -> str:
   layers = _layers(results)
-  cmap = common.plt.get_cmap('viridis')
-  fig, axes = common.new_figure(len(layers), 1, width=4.8, height=3.6)
+  cmap = report.plt.get_cmap('viridis')
+  fig, axes = report.new_figure(len(layers), 1, width=4.8, height=3.6)
   for li, layer in enumerate(layers):
     ax = axes[0][li]
     for i, r in enumerate(results):
@@ -287,30 +310,34 @@ def plot(results, out_dir: pathlib.Path) -> tuple[str, str]:
     ax.axhline(np.mean([r['baselines']['best constant'] for r in results]), color='k', ls='--',
                lw=0.8, label='best constant')
     ax.set_xscale('log')
-    common.token_axis(ax)
+    report.token_axis(ax)
     ax.set_xlabel('training tokens (first point: init)')
     ax.set_ylabel('mean TV(read-out(phi), p_st)')
     ax.set_title(f'phi_theta, {layer.replace("phi_", "layer ")} (dotted: histogram read-out)',
                  fontsize=9)
     ax.legend(fontsize=7)
-  steps_png = common.save_figure(fig, out_dir / 'tv_vs_training.png')
+  return report.save_figure(fig, out_dir / 'tv_vs_training.png')
 
-  Ps = [r['P'] for r in results]
-  fig, axes = common.new_figure(1, 1, width=7.6, height=3.8)
+
+BASELINE_STYLES = {'histogram read-out': ('tab:red', ':'), 'block histogram': ('tab:brown', ':'),
+                   'best constant': ('k', '--'), 'uniform': ('tab:gray', '--'),
+                   'drift floor': ('tab:purple', '-.')}
+
+
+def plot_P(results, out_dir: pathlib.Path) -> str:
+  layers, Ps = _layers(results), [r['P'] for r in results]
+  fig, axes = report.new_figure(1, 1, width=7.6, height=3.8)
   ax = axes[0][0]
   for layer in layers:
+    name = layer.replace('phi_', 'layer ')
     ax.plot(Ps, [_final(r)[layer] for r in results], marker='o', lw=2,
-            label=f'phi_theta trained, {layer.replace("phi_", "layer ")}')
+            label=f'phi_theta trained, {name}')
     ax.plot(Ps, [r['curve'][0]['tv'][layer] for r in results], marker='x', ls='--', lw=1,
-            label=f'phi_theta at init, {layer.replace("phi_", "layer ")}')
+            label=f'phi_theta at init, {name}')
   for layer in layers:
-    pooled = layer.replace('phi_', 'pooled_')
-    ax.plot(Ps, [_final(r)[pooled] for r in results], marker='s', ms=3, ls='-.',
-            label=f'pooled input, {layer.replace("phi_", "layer ")} (trained)')
-  styles = {'histogram read-out': ('tab:red', ':'), 'block histogram': ('tab:brown', ':'),
-            'best constant': ('k', '--'), 'uniform': ('tab:gray', '--'),
-            'drift floor': ('tab:purple', '-.')}
-  for name, (color, ls) in styles.items():
+    ax.plot(Ps, [_final(r)[layer.replace('phi_', 'pooled_')] for r in results], marker='s',
+            ms=3, ls='-.', label=f'pooled input, {layer.replace("phi_", "layer ")} (trained)')
+  for name, (color, ls) in BASELINE_STYLES.items():
     ax.plot(Ps, [r['baselines'][name] for r in results], color=color, ls=ls, label=name)
   ax.set_xscale('log', base=2)
   ax.set_yscale('log')
@@ -318,106 +345,127 @@ def plot(results, out_dir: pathlib.Path) -> tuple[str, str]:
   ax.set_xlabel('P (eps = 1/P)')
   ax.set_ylabel('mean TV to p_st (held-out blocks)')
   ax.legend(fontsize=6, loc='center left', bbox_to_anchor=(1.02, 0.5))
-  p_png = common.save_figure(fig, out_dir / 'tv_vs_P.png')
-  return steps_png, p_png
+  return report.save_figure(fig, out_dir / 'tv_vs_P.png')
+
+
+SOURCE = (
+    '**Source** (`fastslow_jax/data/ctmc.py`). A continuous-time Markov chain over V={V} states '
+    'with generator Q(y) = Q0 + y·Q1 (Q0 and Q0+Q1 valid generators, mean exit rate 1), observed '
+    'at unit time steps: x_t ~ expm(Q(y_t))[x_(t-1), :]. y_t = (1 + sin(2πt/L + phase))/2 with L '
+    'log-uniform in [{low:g}, {high:g}] tokens per window, quantised to {levels} levels. p_st(y) '
+    'is the exact null vector of Q(y)^T. Fast relaxation time (1 / smallest spectral gap over y): '
+    '{tau:.2f} tokens; TV(p_st(0), p_st(1)) = {tv_range:.3f}.\n')
+MODEL = (
+    '**Model and training.** Coupled arm, d_model={m.d_model}, {m.num_layers} layers (slow path in '
+    'every layer), T={m.seq_len}, batch {c.batch_size}, {steps} steps = {tokens:,} tokens per P, '
+    'AdamW lr {c.optim.lr:g} (`fastslow_jax.train` on fresh CTMC windows read in order, stopped '
+    'with a checkpoint at every probe step).\n')
+PROBE = (
+    '**Probe.** At each probe step, phi_theta(SlowAttn(Pool(x))) at every complete block j of {n} '
+    'held-out windows (per slow layer) is mapped to a distribution over the V states by a '
+    'softmax-regression read-out (standardised features, L2 1e-3, L-BFGS) fitted on those '
+    'windows; the score is the mean total-variation distance between its prediction on {n} other '
+    'windows and pbar_j = mean of p_st(y_t) over the block\'s tokens. Baselines: uniform; the best '
+    'constant (mean pbar of the fit windows); the block\'s own token histogram; the same read-out '
+    'applied to that histogram; "pooled input" (the read-out from Pool(x) of a layer, before slow '
+    'attention and phi_theta: at layer 0 a linear image of the histogram); the drift floor '
+    'TV(p_st(y at the block end), pbar_j). Validation loss is on 64 fresh windows; the oracle loss '
+    'is that of a predictor told y_t: {oracle:.4f} nats.\n')
+DEPARTURES = (
+    '- **The trained block is not a linear generator.** The theorem assumes fast dynamics '
+    'dx/dt = Q(y)^T x acting on a probability vector; the network\'s fast path is attention + '
+    'MLP on d_model-dimensional embeddings. Only the data satisfy the assumption here.\n'
+    '- **phi_theta does not output a distribution.** It maps the slow state to d_model={d_model} '
+    'dimensions that are added to the residual stream; comparing it with p_st needs a fitted '
+    'read-out, so every TV above measures network + read-out. The read-out is only '
+    'softmax-linear, so the numbers bound from above what phi_theta encodes linearly.\n'
+    '- **phi_theta is never trained towards p_st.** Its only signal is the next-token loss '
+    'through the gate g (final gates per layer: {gates}); any resemblance to p_st is a '
+    'by-product.\n'
+    '- **The slow input is a pooled, normalised embedding, not y.** At layer 0, Pool(x) is the '
+    'block mean of RMS-normalised token embeddings, i.e. a linear image of the block\'s token '
+    'histogram; deeper layers pool fast-path states that already mix tokens across blocks. y '
+    'itself is never observed.\n'
+    '- **phi is not instantaneous.** Slow attention lets block j use all blocks <= j (a memory '
+    'over the past), whereas the equilibrium manifold x = phi(y) depends on the current y only.\n'
+    '- **eps = 1/P is not the data\'s timescale ratio.** The source separates timescales by its '
+    'relaxation time ({tau:.2f} tokens) vs the drift period of y (>= {low:g} tokens); P only sets '
+    'how many tokens a slow step averages. Larger P lowers histogram noise but lets y drift '
+    'within a block (the drift floor).\n'
+    '- **Discrete observation and quantised y.** Tokens are the chain sampled once per unit time '
+    '(expm(Q)), and y takes {levels} grid values.\n')
+BASELINES = ('histogram read-out', 'block histogram', 'best constant', 'uniform', 'drift floor')
+
+
+def results_table(results, seq_len: int) -> str:
+  """The final probe per P: TV per layer, at init, of the pooled input, baselines, loss, gates."""
+  layers = _layers(results)
+  pooled = [k.replace('phi_', 'pooled_') for k in layers]
+  header = (['P', 'eps', 'blocks / window'] + [f'phi {k.replace("phi_", "layer ")}' for k in layers]
+            + ['phi at init (best layer)']
+            + [f'pooled input {k.replace("pooled_", "layer ")}' for k in pooled]
+            + list(BASELINES) + ['val loss', 'gates'])
+  rows = []
+  for r in results:
+    f, b0 = _final(r), r['baselines']
+    rows.append([r['P'], f'{1 / r["P"]:.4f}', seq_len // r['P']]
+                + [f'{f[k]:.3f}' for k in layers]
+                + [f'{min(r["curve"][0]["tv"][k] for k in layers):.3f}']
+                + [f'{f[k]:.3f}' for k in pooled] + [f'{b0[k]:.3f}' for k in BASELINES]
+                + [f'{r["curve"][-1]["val_loss"]:.4f}', report.gates_text(r['curve'][-1]['gate'])])
+  return report.markdown_table(header, rows)
+
+
+def trajectories_table(results) -> str:
+  layers = _layers(results)
+  rows = [[r['P'], c['step'], f'{c["val_loss"]:.4f}'] + [f'{c["tv"][k]:.3f}' for k in layers]
+          for r in results for c in r['curve']]
+  return report.markdown_table(['P', 'step', 'val loss'] + [f'TV {k}' for k in layers], rows)
+
+
+def render(numbers: dict[str, Any], out_dir: pathlib.Path, rerendered: bool = False
+           ) -> pathlib.Path:
+  """report.md, its plots and results.json from the numbers alone (results.json's content)."""
+  results, src = numbers['P'], numbers['source']
+  config = ml_collections.ConfigDict(numbers['config'])
+  gates = '; '.join(f'P={r["P"]}: ' + report.gates_text(r['curve'][-1]['gate']) for r in results)
+  lines = [
+      report.header('phi_theta vs the exact equilibrium manifold p_st(y) (equilibrium)',
+                    numbers['provenance'], rerendered),
+      SOURCE.format(**src), MODEL.format(m=config.model, c=config, steps=results[0]['steps'],
+                                         tokens=results[0]['tokens']),
+      PROBE.format(n=numbers['probe_windows'],
+                   oracle=np.mean([r['oracle_loss'] for r in results])),
+      '## Conclusion\n', conclusion(results) + '\n',
+      '## Where the trained network departs from the theorem\n',
+      DEPARTURES.format(d_model=config.model.d_model, gates=gates, tau=src['tau'],
+                        low=src['low'], levels=src['levels']),
+      '## Results (final probe)\n', results_table(results, config.model.seq_len),
+      'All entries but the last two are mean TV distances to p_st on held-out blocks (lower is '
+      'better).\n',
+      '## Plots\n', f'![TV vs training]({plot_training(results, out_dir)})\n',
+      f'![TV vs P]({plot_P(results, out_dir)})\n',
+      '## Probe trajectories\n', trajectories_table(results),
+      f'Run directories (checkpoints at the probe steps, metrics.jsonl): `{numbers["root"]}`.\n']
+  return report.write_report(out_dir, '\n'.join(lines), numbers)
+
+
+def source_facts(source: ctmc.CTMCSource) -> dict[str, Any]:
+  """What the report says of the source."""
+  return {'V': source.V, 'low': source.period_range[0], 'high': source.period_range[1],
+          'levels': source.levels + 1, 'tau': source.relaxation_time(),
+          'tv_range': float(0.5 * np.abs(source.p_st[0] - source.p_st[-1]).sum())}
 
 
 def write(results, *, source: ctmc.CTMCSource, root: pathlib.Path, out_dir: pathlib.Path,
           command: str, probe_windows: int) -> pathlib.Path:
   out_dir.mkdir(parents=True, exist_ok=True)
-  layers = _layers(results)
-  cfg = common.ml_collections.ConfigDict(results[0]['key']['config'])
-  m = cfg.model
-  total = sum(r['wall_s'] for r in results)
-  lines = [common.report_header('phi_theta vs the exact equilibrium manifold p_st(y) (equilibrium)',
-                                command, total)]
-  tau = source.relaxation_time()
-  lines.append(
-      f'**Source** (`fastslow_jax/data/ctmc.py`). A continuous-time Markov chain over '
-      f'V={source.V} states with generator Q(y) = Q0 + y·Q1 (Q0 and Q0+Q1 valid generators, mean '
-      f'exit rate 1), observed at unit time steps: x_t ~ expm(Q(y_t))[x_(t-1), :]. y_t = (1 + sin'
-      f'(2πt/L + phase))/2 with L log-uniform in [{source.period_range[0]:g}, '
-      f'{source.period_range[1]:g}] tokens per window, quantised to {source.levels + 1} levels. '
-      f'p_st(y) is the exact null vector of Q(y)^T. Fast relaxation time (1 / smallest spectral '
-      f'gap over y): {tau:.2f} tokens; TV(p_st(0), p_st(1)) = '
-      f'{0.5 * np.abs(source.p_st[0] - source.p_st[-1]).sum():.3f}.\n')
-  lines.append(
-      f'**Model and training.** Coupled arm, d_model={m.d_model}, {m.num_layers} layers (slow path '
-      f'in every layer), T={m.seq_len}, batch {cfg.batch_size}, {results[0]["steps"]} steps = '
-      f'{results[0]["tokens"]:,} tokens per P, AdamW lr {cfg.optim.lr:g} (`fastslow_jax.train` on '
-      'fresh CTMC windows read in order, stopped with a checkpoint at every probe step).\n')
-  lines.append(
-      f'**Probe.** At each probe step, phi_theta(SlowAttn(Pool(x))) at every complete block j of '
-      f'{probe_windows} held-out windows (per slow layer) is mapped to a distribution over the V '
-      f'states by a softmax-regression read-out (standardised features, L2 1e-3, L-BFGS) fitted on '
-      f'those windows; the score is the mean total-variation distance between its prediction on '
-      f'{probe_windows} other windows and pbar_j = mean of p_st(y_t) over the block\'s tokens. '
-      'Baselines: uniform; the best constant (mean pbar of the fit windows); the block\'s own '
-      'token histogram; the same read-out applied to that histogram; "pooled input" (the read-out '
-      'from Pool(x) of a layer, before slow attention and phi_theta: at layer 0 a linear image of '
-      'the histogram); the drift floor TV(p_st(y at '
-      'the block end), pbar_j). Validation loss is on 64 fresh windows; the oracle loss is that '
-      f'of a predictor told y_t: {np.mean([r["oracle_loss"] for r in results]):.4f} nats.\n')
-  lines.append('## Conclusion\n')
-  lines.append(conclusion(results) + '\n')
-  lines.append('## Where the trained network departs from the theorem\n')
-  gates = {r['P']: r['curve'][-1]['gate'] for r in results}
-  lines.append(
-      '- **The trained block is not a linear generator.** The theorem assumes fast dynamics '
-      'dx/dt = Q(y)^T x acting on a probability vector; the network\'s fast path is attention + '
-      'MLP on d_model-dimensional embeddings. Only the data satisfy the assumption here.\n'
-      '- **phi_theta does not output a distribution.** It maps the slow state to d_model='
-      f'{m.d_model} dimensions that are added to the residual stream; comparing it with p_st '
-      'needs a fitted read-out, so every TV above measures network + read-out. The read-out is '
-      'only softmax-linear, so the numbers bound from above what phi_theta encodes linearly.\n'
-      '- **phi_theta is never trained towards p_st.** Its only signal is the next-token loss '
-      'through the gate g (final gates per layer: '
-      + '; '.join(f'P={P}: ' + ', '.join(f'{v:+.3f}' for v in g.values()) for P, g in gates.items())
-      + '); any resemblance to p_st is a by-product.\n'
-      '- **The slow input is a pooled, normalised embedding, not y.** At layer 0, Pool(x) is the '
-      'block mean of RMS-normalised token embeddings, i.e. a linear image of the block\'s token '
-      'histogram; deeper layers pool fast-path states that already mix tokens across blocks. y '
-      'itself is never observed.\n'
-      '- **phi is not instantaneous.** Slow attention lets block j use all blocks <= j (a memory '
-      'over the past), whereas the equilibrium manifold x = phi(y) depends on the current y only.\n'
-      f'- **eps = 1/P is not the data\'s timescale ratio.** The source separates timescales by its '
-      f'relaxation time ({tau:.2f} tokens) vs the drift period of y (>= {source.period_range[0]:g} '
-      'tokens); P only sets how many tokens a slow step averages. Larger P lowers histogram noise '
-      'but lets y drift within a block (the drift floor).\n'
-      '- **Discrete observation and quantised y.** Tokens are the chain sampled once per unit time '
-      f'(expm(Q)), and y takes {source.levels + 1} grid values.\n')
-  lines.append('## Results (final probe)\n')
-  header = ['P', 'eps', 'blocks / window'] + [f'phi {k.replace("phi_", "layer ")}' for k in layers]
-  pooled = [k.replace('phi_', 'pooled_') for k in layers]
-  header += ['phi at init (best layer)'] + [f'pooled input {k.replace("pooled_", "layer ")}'
-                                            for k in pooled] + ['histogram read-out',
-             'block histogram', 'best constant', 'uniform', 'drift floor', 'val loss', 'gates']
-  rows = []
-  for r in results:
-    f, b0 = _final(r), r['baselines']
-    rows.append([r['P'], f'{1 / r["P"]:.4f}', m.seq_len // r['P']]
-                + [f'{f[k]:.3f}' for k in layers]
-                + [f'{min(r["curve"][0]["tv"][k] for k in layers):.3f}']
-                + [f'{f[k]:.3f}' for k in pooled]
-                + [f'{b0[k]:.3f}' for k in ('histogram read-out', 'block histogram',
-                                            'best constant', 'uniform', 'drift floor')]
-                + [f'{r["curve"][-1]["val_loss"]:.4f}',
-                   ', '.join(f'{v:+.3f}' for v in r['curve'][-1]['gate'].values())])
-  lines.append(common.markdown_table(header, rows))
-  lines.append('All entries but the last two are mean TV distances to p_st on held-out blocks '
-               '(lower is better).\n')
-  steps_png, p_png = plot(results, out_dir)
-  lines.append('## Plots\n')
-  lines.append(f'![TV vs training]({steps_png})\n')
-  lines.append(f'![TV vs P]({p_png})\n')
-  lines.append('## Probe trajectories\n')
-  rows = [[r['P'], c['step'], f'{c["val_loss"]:.4f}'] + [f'{c["tv"][k]:.3f}' for k in layers]
-          for r in results for c in r['curve']]
-  lines.append(common.markdown_table(['P', 'step', 'val loss'] + [f'TV {k}' for k in layers],
-                                     rows))
-  lines.append(f'Run directories (checkpoints at the probe steps, metrics.jsonl): `{common.display_path(root)}`.\n')
-  return common.write_report(out_dir, '\n'.join(lines),
-                             [{k: v for k, v in r.items() if k != 'key'} for r in results])
+  numbers = {
+      'provenance': report.provenance(command, results, sum(r['wall_s'] for r in results)),
+      'config': results[0]['key']['config'], 'source': source_facts(source),
+      'probe_windows': probe_windows, 'root': repo.display_path(root),
+      'P': [{k: v for k, v in r.items() if k != 'key'} for r in results]}
+  return render(numbers, out_dir)
 
 
 def run(*, name: str = 'equilibrium', Ps: Sequence[int] = DEFAULT_PS, tokens: int = 500_000,
@@ -428,7 +476,7 @@ def run(*, name: str = 'equilibrium', Ps: Sequence[int] = DEFAULT_PS, tokens: in
   """Trains and probes one coupled model per P; writes the report; returns its path."""
   source = ctmc.CTMCSource(**{**DEFAULT_SOURCE, **(source_kwargs or {})})
   overrides = dict(DEFAULT_SET if overrides is None else overrides)
-  root, out = common.runs_root(name, workdir_root), common.report_dir(name, out_dir)
+  root, out = repo.runs_root(name, workdir_root), repo.report_dir(name, out_dir)
   results = [train_one(P, source=source, size=size, tokens=tokens, seed=seed,
                        overrides=overrides, probes=probes, probe_windows=probe_windows,
                        workdir=root / f'P{P}', devices=devices, log=log) for P in sorted(Ps)]
@@ -441,12 +489,16 @@ def run(*, name: str = 'equilibrium', Ps: Sequence[int] = DEFAULT_PS, tokens: in
 def main():
   from absl import flags
   f = flags.FLAGS
-  common.enable_compilation_cache(common.runs_root(f.name, f.workdir_root) / 'jax_cache')
-  run(name=f.name, Ps=[int(p) for p in f.Ps], tokens=common.parse_tokens(f.tokens), size=f.size,
+  if f.report_only:
+    out = repo.report_dir(f.name, f.out_dir)
+    print(f'Wrote {render(report.load_results(out), out, rerendered=True)}')
+    return
+  grid.enable_compilation_cache(repo.runs_root(f.name, f.workdir_root) / 'jax_cache')
+  run(name=f.name, Ps=[int(p) for p in f.Ps], tokens=grid.parse_tokens(f.tokens), size=f.size,
       seed=f.seed, probes=f.probes, probe_windows=f.probe_windows,
       source_kwargs={'vocab_size': f.vocab_size, 'seed': f.source_seed},
-      overrides=common.parse_overrides(f.set), workdir_root=f.workdir_root, out_dir=f.out_dir,
-      command=common.command_line('experiments.equilibrium'))
+      overrides=grid.parse_overrides(f.set), workdir_root=f.workdir_root, out_dir=f.out_dir,
+      command=report.command_line('experiments.equilibrium'))
 
 
 def define_flags():
@@ -461,9 +513,9 @@ def define_flags():
                        lower_bound=2)
   flags.DEFINE_integer('source_seed', DEFAULT_SOURCE['seed'], 'Seed of the generators Q0, Q1.',
                        lower_bound=0)
-  common.define_grid_flags('equilibrium', tokens_help='Training tokens per P.', timing=False,
-                           set_default=[f'{k}={v}' for k, v in DEFAULT_SET.items()])
-  flags.adopt_module_key_flags(common)  # Listed in --help beside this module's own.
+  grid.define_grid_flags('equilibrium', tokens_help='Training tokens per P.', timing=False,
+                         set_default=[f'{k}={v}' for k, v in DEFAULT_SET.items()])
+  flags.adopt_module_key_flags(grid)  # Listed in --help beside this module's own.
 
 
 if __name__ == '__main__':

@@ -1,0 +1,41 @@
+"""Where the experiments' files are, and which commit the code is at (imports nothing heavy)."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import subprocess
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+REPORTS = REPO / 'experiments' / 'reports'
+DEFAULT_TEXT = REPO.parent / 'shared' / 'data' / 'tinyshakespeare.txt'  # Byte-level Shakespeare.
+DEFAULT_SOURCES = ('synthetic', str(DEFAULT_TEXT))
+
+
+def git_commit() -> str:
+  """Short hash of HEAD, '+ uncommitted changes' when tracked code differs from it (reports
+  and Markdown excluded), or 'unknown' outside a git checkout."""
+  git = lambda *args: subprocess.run(['git', *args], cwd=REPO, check=True, capture_output=True,
+                                     text=True).stdout.strip()
+  try:
+    dirty = git('status', '--porcelain', '--untracked-files=no', '--', '.',
+                ':(exclude)experiments/reports', ':(exclude)*.md')
+    return git('rev-parse', '--short', 'HEAD') + (' + uncommitted changes' if dirty else '')
+  except (OSError, subprocess.CalledProcessError):
+    return 'unknown'
+
+
+def display_path(path: str | os.PathLike) -> str:
+  """A path relative to the repository where it lies inside it (reports stay portable)."""
+  path = pathlib.Path(path).resolve()
+  return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+
+
+def report_dir(name: str, out_dir: str | os.PathLike | None = None) -> pathlib.Path:
+  """Where an experiment's report goes: `out_dir`, else experiments/reports/<name>."""
+  return pathlib.Path(out_dir or REPORTS / name)
+
+
+def runs_root(name: str, workdir_root: str | os.PathLike | None = None) -> pathlib.Path:
+  """Where an experiment's runs go: `workdir_root`, else workdirs/<name> in the repository."""
+  return pathlib.Path(workdir_root or REPO / 'workdirs' / name)
