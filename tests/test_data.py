@@ -41,7 +41,7 @@ def test_synthetic_is_deterministic_random_access_and_in_range():
   assert len(a) == 256 and len(val) == 64 and a[0].shape == (33,) and a[0].dtype == np.int32
   wa = windows_of(a)
   np.testing.assert_array_equal(wa[:100], windows_of(b))  # Window i depends on i alone.
-  source = synthetic.source_for(64, 4, 16.0, 0.3, 1234)
+  source = synthetic.source_for(64, 16, 1024.0, 0.3, 1234, 0.25)  # The default source.
   np.testing.assert_array_equal(source.sample([7, 3], 33, 'train')[0], wa[[7, 3]])
   assert wa.min() >= 0 and wa.max() < cfg.vocab_size == data.source(cfg).vocab_size == a.vocab_size
   assert len(np.unique(wa)) == cfg.vocab_size
@@ -88,17 +88,61 @@ def _brute_force_ce(source, tokens):
 
 def test_bayes_optimal_loss_matches_enumeration_over_regime_paths():
   cfg = synthetic_config(vocab_size=5, num_regimes=2, regime_period=3, concentration=0.5,
-                         source_seed=3, num_val_windows=6)
+                         source_seed=3, num_val_windows=6, regime_contrast=0.5)
   per_position = data.source(cfg).bayes_optimal_ce_per_position(seq_len=4)
-  source = synthetic.source_for(5, 2, 3.0, 0.5, 3)
+  source = synthetic.source_for(5, 2, 3.0, 0.5, 3, 0.5)
   tokens = windows_of(data.make_dataset(cfg, seq_len=4, split='validation'))
   assert per_position.shape == (4,)
   np.testing.assert_allclose(per_position, _brute_force_ce(source, tokens), rtol=1e-10)
   assert data.source(cfg).bayes_optimal_ce(seq_len=4) == pytest.approx(per_position.mean(), rel=1e-12)
 
 
+def _windowed_brute_force_ce(source, tokens, window):
+  """Loss per position of the best predictor that sees only the last `window` tokens, by
+  enumerating every earlier token and every regime path (tiny cases only): [T]."""
+  K, V, L = source.K, source.V, tokens.shape[1]
+
+  def prob(suffix, start):  # p(x_start..x_{start+len-1} = suffix), over everything before.
+    total = 0.0
+    for prefix in itertools.product(range(V), repeat=start):
+      x = list(prefix) + list(suffix)
+      for path in itertools.product(range(K), repeat=len(x)):
+        p = 1.0 / (K * V)
+        for t in range(1, len(x)):
+          p *= source.S[path[t - 1], path[t]] * source.A[path[t], x[t - 1], x[t]]
+        total += p
+    return total
+
+  losses = []
+  for x in tokens:
+    row = []
+    for t in range(1, L):
+      s = max(0, t - window)
+      row.append(-np.log(prob(x[s:t + 1], s) / prob(x[s:t], s)))
+    losses.append(row)
+  return np.mean(losses, 0)
+
+
+def test_optimal_loss_of_a_window_matches_enumeration_and_orders_the_headroom():
+  """The best predictor that sees only the last w tokens: exact (enumeration), as good as the
+  whole past when w covers it, and the default source's past is worth more than its last block."""
+  cfg = synthetic_config(vocab_size=3, num_regimes=2, regime_period=3, concentration=0.5,
+                         source_seed=5, num_val_windows=4, regime_contrast=0.5)
+  source, tokens = data.source(cfg), windows_of(data.make_dataset(cfg, seq_len=4,
+                                                                  split='validation'))
+  for window in (1, 2):
+    np.testing.assert_allclose(source.bayes_optimal_ce_per_position(seq_len=4, window=window),
+                               _windowed_brute_force_ce(source.process, tokens, window),
+                               rtol=1e-10)
+  np.testing.assert_allclose(source.bayes_optimal_ce_per_position(seq_len=4, window=4),
+                             source.bayes_optimal_ce_per_position(seq_len=4), rtol=1e-12)
+  room = data.source(synthetic_config()).headroom(seq_len=64, P=16, num_windows=64)
+  assert room['whole_past'] < room['last_block'] < room['regime_blind']
+  assert room['beyond_last_block'] > 0.02  # Fast-slow by construction: evidence over blocks.
+
+
 def test_bayes_optimal_loss_lies_between_knowing_and_ignoring_the_regime():
-  cfg = synthetic_config()
+  cfg = synthetic_config(num_regimes=4, regime_period=16.0, regime_contrast=1.0)
   optimum = data.source(cfg).bayes_optimal_ce(seq_len=64)
   source = synthetic.source_for(64, 4, 16.0, 0.3, 1234)
   tokens, regimes = source.sample(np.arange(64), 65, 'validation')
@@ -406,3 +450,20 @@ def test_data_path_is_recorded_absolute(tmp_path, monkeypatch):
   resolved = runtime.resolve_config(config, num_devices=1)
   assert resolved.data.path == str(tmp_path / 'input.txt')
   assert config.data.path == 'input.txt'  # The caller's config is untouched.
+
+
+def test_ctmc_source_draws_its_windows_from_its_seeds():
+  """The continuous-time chain of the equilibrium experiment, by config: split s of window seed
+  a and salt b is numpy's default_rng([a, s, b]) through the chain, exactly."""
+  from fastslow_jax.data import ctmc
+  cfg = synthetic_config(kind='ctmc', vocab_size=6, ctmc_levels=16, source_seed=2,
+                         ctmc_window_seed=3, ctmc_window_salt=16, num_train_windows=5,
+                         num_val_windows=4)
+  source = data.source(cfg)
+  process = ctmc.CTMCSource(6, levels=16, period_range=(384.0, 1536.0), rate=1.0,
+                            concentration=0.5, seed=2)
+  for split, stream, num in (('train', 1, 5), ('validation', 2, 4)):
+    want, _ = process.sample(np.random.default_rng([3, stream, 16]), num, 9)
+    np.testing.assert_array_equal(windows_of(data.make_dataset(cfg, seq_len=8, split=split)),
+                                  want)
+  assert source.vocab_size == 6 and source.fingerprint is None

@@ -175,6 +175,9 @@ MODEL = {
                           'each serves num_heads / num_kv_heads query heads).',
                           _int(1, (0, 'as many as model.num_heads'))),
     'mlp_dim': Field(512, 'SwiGLU hidden width.', POSITIVE_INT),
+    'fast_window': Field(0, 'W: the fast attention of token t sees tokens s with t - W < s <= t '
+                         '(local; older tokens only through the slow path).',
+                         _int(1, (0, 'full causal attention'))),
     # Slow path.
     'P': Field(16, 'Pooling period: one slow step per P tokens (eps = 1/P).', POSITIVE_INT),
     'slow_layers': Field('all', "Layers with a slow path: 'all', 'every:k', '0,2,5' or a tuple "
@@ -228,15 +231,32 @@ DATA = {
     'tfds_text_feature': Field('text', 'tfds: the text feature.'),
     'tfds_train_split': Field('train', 'tfds: the training split.'),
     'tfds_val_split': Field('validation', 'tfds: the validation split.'),
-    # synthetic: a hidden regime selects which Markov chain emits the next token.
-    'vocab_size': Field(64, 'synthetic: tokens.', _int(2)),
-    'num_regimes': Field(4, 'synthetic: hidden regimes.', POSITIVE_INT),
-    'regime_period': Field(16.0, 'synthetic: expected tokens between regime switches.', _int(1)),
+    # synthetic: a hidden regime selects which Markov chain emits the next token (data/synthetic.py;
+    # the setting before this default: num_regimes=4, regime_period=16, regime_contrast=1).
+    'vocab_size': Field(64, 'synthetic, ctmc: tokens.', _int(2)),
+    'num_regimes': Field(16, 'synthetic: hidden regimes.', POSITIVE_INT),
+    'regime_period': Field(1024.0, 'synthetic: expected tokens between regime switches (the slow '
+                           "variable's dwell; 1024 = 64 blocks of P=16).", _int(1)),
+    'regime_contrast': Field(0.25, "synthetic: the share of a regime's chain that is its own (the "
+                             'rest is shared by all regimes); 1: independent chains.',
+                             Range(0, 1, low_open=True)),
     'concentration': Field(0.3, 'synthetic: Dirichlet concentration of the chains\' rows.',
                            POSITIVE),
-    'source_seed': Field(1234, 'synthetic: seed of the generative parameters.', COUNT),
-    'num_train_windows': Field(20_000, 'synthetic: training windows.', POSITIVE_INT),
-    'num_val_windows': Field(512, 'synthetic: validation windows.', POSITIVE_INT),
+    'source_seed': Field(1234, 'synthetic, ctmc: seed of the generative parameters.', COUNT),
+    'num_train_windows': Field(20_000, 'synthetic, ctmc: training windows.', POSITIVE_INT),
+    'num_val_windows': Field(512, 'synthetic, ctmc: validation windows.', POSITIVE_INT),
+    # ctmc: a continuous-time Markov chain whose generator a slow sinusoid drives (data/ctmc.py).
+    'ctmc_levels': Field(256, 'ctmc: grid values of the slow variable y.', POSITIVE_INT),
+    'ctmc_period_min': Field(384.0, 'ctmc: shortest period of y, in tokens.', POSITIVE),
+    'ctmc_period_max': Field(1536.0, 'ctmc: longest period of y, in tokens.', POSITIVE),
+    'ctmc_rate': Field(1.0, 'ctmc: mean exit rate of a state per token.', POSITIVE),
+    'ctmc_concentration': Field(0.5, 'ctmc: Dirichlet concentration of the attraction weights.',
+                                POSITIVE),
+    'ctmc_window_seed': Field(0, 'ctmc: split s (1 train, 2 validation) draws its windows from '
+                              'numpy.random.default_rng([ctmc_window_seed, s, ctmc_window_salt]).',
+                              COUNT),
+    'ctmc_window_salt': Field(0, 'ctmc: see ctmc_window_seed (runs that must not share windows '
+                              'differ in it).', COUNT),
     'tokenizer_fingerprint': Field(None, 'The tokenizer the data is encoded with (a resumed run '
                                    'refuses other data).', kind=(str, type(None)), derived=True),
 }

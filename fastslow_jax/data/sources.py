@@ -71,7 +71,7 @@ class Synthetic:
     self.cfg = cfg
     self.process = synthetic.source_for(int(cfg.vocab_size), int(cfg.num_regimes),
                                         float(cfg.regime_period), float(cfg.concentration),
-                                        int(cfg.source_seed))
+                                        int(cfg.source_seed), float(cfg.regime_contrast))
     self.vocab_size = int(cfg.vocab_size)
     self.tokenizer = tokenizers.IdsTokenizer(self.vocab_size)
     self.describe = 'data.kind=synthetic'
@@ -86,21 +86,34 @@ class Synthetic:
                          vocab_size=self.vocab_size, bits_per_token_unit='token', name=f'synthetic {split}')
 
   def bayes_optimal_ce_per_position(self, *, seq_len: int, num_windows: int | None = None,
-                                    split: str = 'validation') -> np.ndarray:
-    """Bayes-optimal loss (nats) at each predicted position t = 1..seq_len, float64 [seq_len],
-    averaged over windows 0..num_windows-1 of `split` (default: all of its windows)."""
+                                    split: str = 'validation',
+                                    window: int | None = None) -> np.ndarray:
+    """Optimal loss (nats) at each predicted position t = 1..seq_len, float64 [seq_len], averaged
+    over windows 0..num_windows-1 of `split` (default: all of its windows), of the best predictor
+    that sees the whole past (`window=None`: the Bayes optimum) or only the last `window` tokens."""
     _check_split(split)
     num = self.num_windows(split) if num_windows is None else int(num_windows)
     tokens_, _ = self.process.sample(np.arange(num), seq_len + 1, split)
-    return -self.process.predictive_log_probs(tokens_).mean(0)
+    return -self.process.optimal_log_probs(tokens_, window).mean(0)
 
   def bayes_optimal_ce(self, *, seq_len: int, num_windows: int | None = None,
-                       split: str = 'validation') -> float:
-    """Mean Bayes-optimal loss (nats per predicted token) over windows 0..num_windows-1 of
-    `split`, scored like the model: predicting w[1:] from w[:-1]. With `shuffle=False` these are
-    exactly the windows of the first num_windows / global_batch evaluation batches."""
+                       split: str = 'validation', window: int | None = None) -> float:
+    """Mean optimal loss (nats per predicted token) over windows 0..num_windows-1 of `split`,
+    scored like the model: predicting w[1:] from w[:-1]. With `shuffle=False` these are exactly
+    the windows of the first num_windows / global_batch evaluation batches."""
     return float(self.bayes_optimal_ce_per_position(seq_len=seq_len, num_windows=num_windows,
-                                                    split=split).mean())
+                                                    split=split, window=window).mean())
+
+  def headroom(self, *, seq_len: int, P: int, num_windows: int | None = None,
+               split: str = 'validation') -> dict[str, float]:
+    """What the past is worth here, in nats per token: the optimum with the whole past, with only
+    the last block of P tokens, and ignoring the regime (a bigram), and the gaps between them: what
+    a model that sees beyond the last block (a slow path) could gain."""
+    loss = {name: self.bayes_optimal_ce(seq_len=seq_len, num_windows=num_windows, split=split,
+                                        window=window)
+            for name, window in (('whole_past', None), ('last_block', P), ('regime_blind', 1))}
+    return {**loss, 'beyond_last_block': loss['last_block'] - loss['whole_past'],
+            'regime_value': loss['regime_blind'] - loss['whole_past']}
 
 
 class Ctmc:
