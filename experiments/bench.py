@@ -5,16 +5,16 @@ r"""Step time, throughput, FLOP/s and memory: dense vs coupled, over T and P.
     python -m experiments.bench --size=tiny --d_model=128 --num_layers=4 --num_heads=4 \
         --mlp_dim=512 --seq_lens=64 --batch_size=12 --Ps= --steps=60   # the CPU throughput shape
 
-Each row is one jitted train step (forward, backward, AdamW) on random tokens, timed over
-`--steps` calls after `--warmup`, median reported; the rows of one T are timed round-robin in an
-order rotated every round (`experiments/timing.py`, the harness the grids' step times use), and a
-`--peak_n` square matmul in the compute dtype, one more member of the round, measures what one
-device's matmuls reach in the same process under the same load. FLOP/s uses the analytic training count with
-causal attention counted honestly; "of peak" is that over the measured matmul peak of all devices,
-MFU over the vendor's peak where the device has one. Memory is XLA's compiled estimate (arguments
-+ outputs + temporaries) and, where the device reports it, the measured peak. The last column is
-the step-time ratio of each coupled row to the dense row with the same T (target at P=16, T=1024:
-<= 1.05). `--Ps=` (empty) times the dense row alone.
+Each row is one jitted train step (forward, backward, AdamW) on random tokens, timed over `--steps`
+calls after `--warmup`, median reported; the rows of one T are timed round-robin in an order rotated
+every round (`experiments/timing.py`, the harness the grids' step times use), and a `--peak_n`
+square matmul in the compute dtype, one more member of the round, measures what one device's matmuls
+reach in the same process under the same load. FLOP/s uses the analytic training count with causal
+attention counted honestly; "of peak" is that over the measured matmul peak of all devices, MFU over
+the vendor's peak where the device has one. Memory is XLA's compiled estimate (arguments + outputs +
+temporaries) and, where the device reports it, the measured peak. The last column is the step-time
+ratio of each coupled row to the dense row with the same T (target at P=16, T=1024: <= 1.05).
+`--Ps=` (empty) times the dense row alone.
 
 On one device each row's matmuls are also timed alone ("mm ms"; `--nomatmuls_alone` skips it):
 every dot_general of its train step, on random operands of the same shapes, one after another in
@@ -82,6 +82,7 @@ class Row(timing.TrainStep):
     self.arm, self.T, self.P, self.batch = arm, T, P, self.setup.config.batch_size
 
   def result(self, peak_matmul: float | None, alone: MatmulsAlone | None) -> dict:
+    """The row's figures: times, throughput, FLOP/s, fractions of the peaks, memory."""
     memory = self.compiled.memory_analysis()
     estimate = sum(getattr(memory, f, 0) or 0 for f in
                    ('argument_size_in_bytes', 'output_size_in_bytes', 'temp_size_in_bytes'))
@@ -167,6 +168,7 @@ def bench_seq_len(f, T: int, Ps: list[int]):
 
 
 def format_table(rows: list[dict]) -> str:
+  """The printed table, a line per row, with each row's ratio to dense at its T."""
   dense = {r['T']: r['step_s'] for r in rows if r['arm'] == 'dense'}
   header = (f'{"arm":<8} {"T":>5} {"P":>3} {"params":>11} {"step ms":>9} {"tok/s":>10} '
             f'{"GFLOP/s":>9} {"of peak":>7} {"ceiling":>7} {"mm ms":>7} {"MFU":>6} {"slow%":>6} '
@@ -186,6 +188,7 @@ def format_table(rows: list[dict]) -> str:
 
 
 def print_notes(T: int, results: list[dict], peak: MatmulPeak | None, alone) -> None:
+  """What the peak and each row's matmuls alone measured."""
   if peak:
     print(f'matmul peak ({peak.n}x{peak.n} {peak.dtype}, one device, median of '
           f'{len(peak.times)}): {peak.flops_per_s() / 1e9:,.1f} GFLOP/s; "of peak" is each '

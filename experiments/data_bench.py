@@ -241,6 +241,7 @@ def main() -> None:
 
 
 def write(results: dict, elapsed: float) -> None:
+  """The report and results.json."""
   loader, (big, little), lp = results['loader'], results['train'], results['large_prepare']
   load = ', '.join(f'{x:.1f}' for x in os.getloadavg())
   rows = [[r['tokenizer'] if r['tokenizer'] == 'byte' else f'bpe:{F.vocab} (trained)',

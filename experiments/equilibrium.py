@@ -281,9 +281,9 @@ def conclusion(results: list[dict[str, Any]]) -> str:
       f'As P grows from {Ps[0]} to {Ps[-1]} (eps = 1/P from {1 / Ps[0]:.3f} to {1 / Ps[-1]:.3f}), '
       f'the trained TV changes by {trend:+.3f} per doubling of P (least-squares slope) and the raw '
       f'histogram TV falls from {b[Ps[0]]["block histogram"]:.3f} to '
-      f'{b[Ps[-1]]["block histogram"]:.3f} (more tokens per block), while the drift floor (y moving '
-      f'within a block) rises from {drift[0]:.4f} to {drift[-1]:.4f}: eps -> 0 in the model is '
-      'bounded by the data\'s own slow timescale, not only by P.')
+      f'{b[Ps[-1]]["block histogram"]:.3f} (more tokens per block), while the drift floor (y '
+      f'moving within a block) rises from {drift[0]:.4f} to {drift[-1]:.4f}: eps -> 0 in the '
+      'model is bounded by the data\'s own slow timescale, not only by P.')
   out.append(ONE_SEED)
   return ' '.join(out)
 
@@ -295,6 +295,7 @@ ONE_SEED = (
 
 
 def plot_training(results, out_dir: pathlib.Path) -> str:
+  """tv_vs_training.png: the read-out's TV per layer against training tokens, per P."""
   layers = _layers(results)
   cmap = report.plt.get_cmap('viridis')
   fig, axes = report.new_figure(len(layers), 1, width=4.8, height=3.6)
@@ -325,6 +326,7 @@ BASELINE_STYLES = {'histogram read-out': ('tab:red', ':'), 'block histogram': ('
 
 
 def plot_P(results, out_dir: pathlib.Path) -> str:
+  """tv_vs_P.png: the final TVs and every baseline against P."""
   layers, Ps = _layers(results), [r['P'] for r in results]
   fig, axes = report.new_figure(1, 1, width=7.6, height=3.8)
   ax = axes[0][0]
@@ -417,6 +419,7 @@ def results_table(results, seq_len: int) -> str:
 
 
 def trajectories_table(results) -> str:
+  """A row per probe of every P: step, validation loss, TV per layer."""
   layers = _layers(results)
   rows = [[r['P'], c['step'], f'{c["val_loss"]:.4f}'] + [f'{c["tv"][k]:.3f}' for k in layers]
           for r in results for c in r['curve']]
@@ -459,6 +462,7 @@ def source_facts(source: ctmc.CTMCSource) -> dict[str, Any]:
 
 def write(results, *, source: ctmc.CTMCSource, root: pathlib.Path, out_dir: pathlib.Path,
           command: str, probe_windows: int) -> pathlib.Path:
+  """The numbers results.json keeps, then the report from them."""
   out_dir.mkdir(parents=True, exist_ok=True)
   numbers = {
       'provenance': report.provenance(command, results, sum(r['wall_s'] for r in results)),

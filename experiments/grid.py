@@ -146,7 +146,8 @@ def define_sources_flags(per: str) -> None:
   flags.DEFINE_integer('evals', 5, 'Validation points per run.', lower_bound=1)
 
 
-def define_grid_flags(name: str | None, *, tokens_help: str = 'Training tokens per run (500k, 10M, ...).',
+def define_grid_flags(name: str | None, *,
+                      tokens_help: str = 'Training tokens per run (500k, 10M, ...).',
                       set_default: Sequence[str] = (), timing: bool = True) -> None:
   """The flags every experiment shares: budget, size, overrides, where runs and report go, and
   --report_only (re-render the report from its results.json, nothing trained)."""
@@ -162,7 +163,8 @@ def define_grid_flags(name: str | None, *, tokens_help: str = 'Training tokens p
   flags.DEFINE_string('name', name, 'Report / workdir name' + ('.' if name else
                       ' (default paper_<tokens>).'))
   flags.DEFINE_string('workdir_root', None, 'Where the runs go (default workdirs/<name>).')
-  flags.DEFINE_string('out_dir', None, 'Where the report goes (default experiments/reports/<name>).')
+  flags.DEFINE_string('out_dir', None,
+                      'Where the report goes (default experiments/reports/<name>).')
   flags.DEFINE_bool('report_only', False, 'Re-render the report (text, statistics and the plots '
                     'results.json holds) from <out_dir>/results.json: nothing is trained or timed.')
 
@@ -182,6 +184,7 @@ class Run:
 
 
 def read_metrics(workdir: str | os.PathLike) -> list[dict[str, Any]]:
+  """The records of a run's metrics.jsonl."""
   return metrics.read_jsonl(RunDir(workdir).metrics)
 
 
@@ -270,4 +273,5 @@ def without_configs(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def is_main_process() -> bool:
+  """Whether this process writes reports (process 0 of a multi-process run)."""
   return jax.process_index() == 0

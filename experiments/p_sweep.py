@@ -31,6 +31,7 @@ DEFAULT_SET = {'model.seq_len': 256, 'batch_size': 8}
 
 def build_runs(*, data_spec: str, Ps: Sequence[int], seeds: Sequence[int], tokens: int, size: str,
                dense: bool, checkpoints: int, overrides: dict[str, Any]) -> list[grid.Run]:
+  """Per seed: the dense reference (if asked), then the coupled arm at every P."""
   runs = []
   group = grid.data_label(data_spec)
   for seed in seeds:
@@ -183,6 +184,7 @@ def _difference_panel(ax, comps: dict[int, stats.Comparison]) -> None:
 
 def plot_quality(s: dict[str, Any], comps: dict[int, stats.Comparison], out_dir: pathlib.Path,
                  optimum: float | None) -> str:
+  """quality_vs_P.png: the losses per P and, beside dense, the paired differences."""
   fig, axes = report.new_figure(2 if comps else 1, 1, width=5.2, height=3.6)
   _quality_panel(axes[0][0], s, optimum)
   if comps:
@@ -195,6 +197,7 @@ def plot_quality(s: dict[str, Any], comps: dict[int, stats.Comparison], out_dir:
 
 
 def plot_step_time(s: dict[str, Any], out_dir: pathlib.Path) -> str:
+  """step_time_vs_P.png: step times per P beside dense's, and the analytic slow FLOP share."""
   rows, dense = s['P'], s['dense']
   Ps = sorted(rows)
   fig, axes = report.new_figure(1, 1, width=5.2, height=3.6)
@@ -238,6 +241,7 @@ HEADER = ['P', 'eps = 1/P', 'slow blocks / window', 'final val loss', 'coupled â
 
 
 def setup_text(numbers: dict[str, Any]) -> str:
+  """The setup paragraph, from the first run's config and results.json's figures."""
   config, runs = ml_collections.ConfigDict(numbers['config']), numbers['runs']
   scored, split = numbers['validation']
   which = f'all {split}' if scored == split else f'the first {scored} of {split}'
@@ -250,6 +254,7 @@ def setup_text(numbers: dict[str, Any]) -> str:
 
 
 def results_rows(s: dict[str, Any], comps: dict[int, stats.Comparison]) -> list[list[Any]]:
+  """A row per P (and dense's): quality, the comparison, gates, share, step times."""
   rows = []
   for P in sorted(s['P']):
     r, c = s['P'][P], comps.get(P)
@@ -291,6 +296,7 @@ def render(numbers: dict[str, Any], out_dir: pathlib.Path, rerendered: bool = Fa
 
 def write(results, *, Ps, root: pathlib.Path, out_dir: pathlib.Path, command: str, title: str,
           timing: dict[str, float] | None = None, timing_note: str = '') -> pathlib.Path:
+  """The numbers results.json keeps, then the report from them."""
   out_dir.mkdir(parents=True, exist_ok=True)
   config = ml_collections.ConfigDict(results[0]['config'])
   numbers = {

@@ -347,8 +347,8 @@ def group_section(group: str, numbers: dict[str, Any], comps: dict[str, stats.Co
   for arm in (a for a in models.ARMS if a in s['arms']):
     a = s['arms'][arm]
     vals = [r['val_loss'] for r in numbers['runs'] if r['group'] == group and r['arm'] == arm]
-    rows.append([arm, a['n'], report.fmt_pm(vals),
-                 report.fmt(a['val_mean'] - opt if opt is not None else a['val_mean'] / math.log(2)),
+    quality = a['val_mean'] - opt if opt is not None else a['val_mean'] / math.log(2)
+    rows.append([arm, a['n'], report.fmt_pm(vals), report.fmt(quality),
                  report.gates_text(a['gate']),
                  report.fmt(a['share'], 3) if not math.isnan(a['share']) else '—',
                  f'{a["bench_s"] * 1e3:.1f} ms' if not math.isnan(a['bench_s']) else '—',

@@ -38,25 +38,30 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 
 def fmt(x: float | None, digits: int = 4, sign: bool = False) -> str:
+  """A number with `digits` decimals ('n/a' for None or nan)."""
   if x is None or (isinstance(x, float) and math.isnan(x)):
     return 'n/a'
   return f'{x:+.{digits}f}' if sign else f'{x:.{digits}f}'
 
 
 def fmt_pm(values: Sequence[float], digits: int = 4) -> str:
+  """'mean ± sample std' (the mean alone for one value)."""
   m, s = mean_std(values)
   return f'{fmt(m, digits)} ± {fmt(s, digits)}' if len(values) > 1 else fmt(m, digits)
 
 
 def fmt_seconds(s: float) -> str:
+  """Seconds as s, min or h."""
   return f'{s:.0f} s' if s < 120 else f'{s / 60:.1f} min' if s < 7200 else f'{s / 3600:.1f} h'
 
 
 def gates_text(gates: Mapping[str, float]) -> str:
+  """Gates per layer, '+0.013, -0.001' ('—' without gates)."""
   return ', '.join(f'{v:+.3f}' for v in gates.values()) or '—'
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+  """A Markdown table with a blank line's worth of ending."""
   lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
   lines += ['| ' + ' | '.join(str(c) for c in row) + ' |' for row in rows]
   return '\n'.join(lines) + '\n'
@@ -154,6 +159,7 @@ def grouped_comparisons(runs: Sequence[dict[str, Any]], key: str,
 
 
 def new_figure(ncols: int = 1, nrows: int = 1, width: float = 5.0, height: float = 3.6):
+  """(figure, axes[row][col]) with panels of width x height inches."""
   fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False)
   return fig, axes
 

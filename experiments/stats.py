@@ -260,10 +260,11 @@ METHOD = (
     '{m} comparison(s) form one family, corrected by Holm\'s method at {alpha:g}. **equal**: the '
     'two one-sided tests (TOST) show the difference inside ±{margin:g} nats/token (1% of '
     'perplexity: a margin chosen from what is negligible for a language model\'s loss, below the '
-    'gains architecture comparisons report as findings, and not from these results); **different**: not equal, and the paired t-test rejects 0 '
-    'after correction; **undetermined at this power**: neither, with the smallest difference the '
-    'design detects with {power:.0%} power and the seeds it would need to show ±{margin:g} (both '
-    'at the level {alpha:g} / {m}, from the seeds\' own spread).\n')
+    'gains architecture comparisons report as findings, and not from these results); '
+    '**different**: not equal, and the paired t-test rejects 0 after correction; **undetermined '
+    'at this power**: neither, with the smallest difference the design detects with {power:.0%} '
+    'power and the seeds it would need to show ±{margin:g} (both at the level {alpha:g} / {m}, '
+    'from the seeds\' own spread).\n')
 
 
 def method(m: int) -> str:

@@ -39,9 +39,11 @@ class Timed:
     return self.program(*self.args)
 
   def context(self):
+    """What the calls run inside (a mesh for a train step)."""
     return contextlib.nullcontext()
 
   def step(self, record: bool) -> None:
+    """One round's calls, timed together; their mean kept when `record`."""
     with self.context():
       start = time.perf_counter()
       for _ in range(self.calls):
@@ -51,6 +53,7 @@ class Timed:
       self.times.append((time.perf_counter() - start) / self.calls)
 
   def median(self) -> float:
+    """Median seconds per call over the recorded rounds."""
     return statistics.median(self.times)
 
 

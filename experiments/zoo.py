@@ -263,6 +263,7 @@ MODEL_HEADER = ['model', 'seeds', 'MLP width', 'params', 'train FLOPs / token', 
 
 
 def setup_text(numbers: dict[str, Any]) -> str:
+  """The setup paragraph, from the first run's config and results.json's figures."""
   config, runs = ml_collections.ConfigDict(numbers['config']), numbers['runs']
   model = {**config.model.to_dict(), 'family': 'hourglass', 'vocab_size': 256}
   stages = models.ModelConfig.from_mapping(model).hourglass_stages
@@ -277,6 +278,7 @@ def setup_text(numbers: dict[str, Any]) -> str:
 
 
 def group_section(group: str, s: dict[str, Any], comps: dict[str, stats.Comparison]) -> str:
+  """A group's table of models, its Bayes optimum and its comparisons."""
   header = list(MODEL_HEADER)
   header[7] = 'gap to Bayes optimum' if s['optimum'] is not None else 'bits per byte'
   dense_flops = s['models']['dense']['flops']

@@ -23,9 +23,10 @@ from fastslow_jax.errors import UsageError
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
-MINI = {'model.d_model': 32, 'model.num_layers': 1, 'model.num_heads': 2, 'model.slow_num_heads': 2, 'model.mlp_dim': 64,
-        'model.phi_dim': 64, 'model.seq_len': 32, 'batch_size': 8, 'data.vocab_size': 16,
-        'data.num_train_windows': 64, 'data.num_val_windows': 16, 'eval_batches': 2}
+MINI = {'model.d_model': 32, 'model.num_layers': 1, 'model.num_heads': 2,
+        'model.slow_num_heads': 2, 'model.mlp_dim': 64, 'model.phi_dim': 64, 'model.seq_len': 32,
+        'batch_size': 8, 'data.vocab_size': 16, 'data.num_train_windows': 64,
+        'data.num_val_windows': 16, 'eval_batches': 2}
 PROVENANCE = {'command': 'python -m experiments.x', 'date': '2026-01-01 00:00 UTC',
               'trained_at': 'commit `abc1234`', 'device': '1 x cpu', 'cpu_cores': 2,
               'took_s': 60.0}
@@ -180,9 +181,8 @@ def test_p_sweep_report_and_its_quality_plot(tmp_path):
 
 
 def test_equilibrium_report_calls_one_seed_undetermined(tmp_path):
-  curve = lambda tv: [{'step': s, 'val_loss': 2.0, 'tv': {'phi_0': tv + s * 1e-4,
-                                                           'pooled_0': 0.1}, 'gate': {'layer_0': 0.0}}
-                      for s in (0, 10)]
+  curve = lambda tv: [{'step': s, 'val_loss': 2.0, 'gate': {'layer_0': 0.0},
+                       'tv': {'phi_0': tv + s * 1e-4, 'pooled_0': 0.1}} for s in (0, 10)]
   base = {'uniform': 0.5, 'best constant': 0.2, 'block histogram': 0.3,
           'histogram read-out': 0.09, 'drift floor': 0.01}
   numbers = {
@@ -192,7 +192,8 @@ def test_equilibrium_report_calls_one_seed_undetermined(tmp_path):
       'source': {'V': 16, 'low': 384.0, 'high': 1536.0, 'levels': 257, 'tau': 1.78,
                  'tv_range': 0.5},
       'P': [{'P': P, 'steps': 10, 'tokens': 20480, 'oracle_loss': 1.9, 'baselines': base,
-             'curve': curve(tv), 'train_s': 1.0, 'wall_s': 2.0} for P, tv in ((4, 0.08), (8, 0.07))]}
+             'curve': curve(tv), 'train_s': 1.0, 'wall_s': 2.0}
+            for P, tv in ((4, 0.08), (8, 0.07))]}
   text = equilibrium.render(numbers, tmp_path).read_text()
   assert equilibrium.ONE_SEED in text and stats.UNDETERMINED in text
   assert 'is lower than the same read-out applied' in text and 'beats' not in text
