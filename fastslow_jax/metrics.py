@@ -15,31 +15,8 @@ import jax
 import tqdm
 from etils import epath
 
+from fastslow_jax.devices import peak_flops  # noqa: F401 (train's MFU: metrics.peak_flops)
 from fastslow_jax.rundir import RunDir
-
-# Dense bf16 peak FLOP/s per chip (vendor figures; no sparsity).
-PEAK_FLOPS = {
-    'TPU v4': 275e12,
-    'TPU v5 lite': 197e12,  # v5e
-    'TPU v5e': 197e12,
-    'TPU v5p': 459e12,
-    'TPU v5': 459e12,
-    'TPU v6 lite': 918e12,  # v6e (Trillium)
-    'TPU v6e': 918e12,
-    'NVIDIA H200': 989e12,
-    'NVIDIA H100': 989e12,
-    'NVIDIA A100': 312e12,
-}
-
-
-def peak_flops(device: jax.Device | None = None) -> float | None:
-  """Peak FLOP/s of one device, or None where unknown (e.g. CPU: report achieved FLOP/s)."""
-  kind = (device or jax.devices()[0]).device_kind
-  for prefix in sorted(PEAK_FLOPS, key=len, reverse=True):
-    if kind.startswith(prefix):
-      return PEAK_FLOPS[prefix]
-  return None
-
 
 def interactive() -> bool:
   """Progress bars only for a person at a terminal: not under CI, not when output is piped."""

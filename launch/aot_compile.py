@@ -23,6 +23,7 @@ config (one line on stderr).
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import math
@@ -46,8 +47,6 @@ _THREE_D = ('v4', 'v5p', 'tpu7x')  # Generations with a 3-D chip torus.
 # libtpu keyword arguments per generation: v4 chips are one JAX device each (megacore), as on
 # real v4 slices; libtpu's default would expose each of the two TensorCores separately.
 _TOPOLOGY_KWARGS = {'v4': dict(chip_config_name='megacore')}
-# HBM per JAX device, GiB (device_kind as libtpu reports it). GPUs: from their target file.
-_HBM_GIB = {'TPU v4': 32, 'TPU v5 lite': 16, 'TPU v5': 95, 'TPU v6 lite': 32}
 # One XLA GPU target description (stream_executor.GpuTargetConfigProto, text) per GPU model,
 # named <model>.txtpb: what deviceless compilation for that GPU needs instead of the GPU.
 GPU_TARGETS = pathlib.Path(__file__).resolve().parent / 'gpu_targets'
@@ -152,15 +151,6 @@ def _gpu_devices(model: str, shape: str, num_slices: int):
       topology=f'1x{hosts}x{per_host}').devices
 
 
-def _gpu_memory_gib(device_kind: str) -> float | None:
-  """Device memory of a GPU model, from the target file that describes it."""
-  for path in GPU_TARGETS.glob('*.txtpb'):
-    text = path.read_text()
-    if f'device_description_str: "{device_kind}"' in text:
-      return int(re.search(r'device_memory_size: (\d+)', text).group(1)) / 2**30
-  return None
-
-
 def size(num_bytes: float) -> str:
   for unit, scale in (('GiB', 2**30), ('MiB', 2**20), ('KiB', 2**10)):
     if num_bytes >= scale:
@@ -171,17 +161,12 @@ def size(num_bytes: float) -> str:
 def measure(config, setup, compiled, devices, seconds: tuple[float, float]) -> dict:
   """The compiled step's per-device memory (bytes), whether it fits, and its FLOPs; `seconds`:
   the compile's (wall, CPU) seconds."""
-  from fastslow_jax import models
+  from fastslow_jax import devices as device_facts, models
 
-  memory = compiled.memory_analysis()
-  get = lambda name: getattr(memory, f'{name}_size_in_bytes', 0) or 0
-  out = {name: get(name) for name in ('argument', 'output', 'alias', 'temp', 'generated_code')}
-  out['total'] = (out['argument'] + out['output'] - out['alias'] + out['temp']
-                  + out['generated_code'])
-  hbm = _HBM_GIB.get(devices[0].device_kind) or _gpu_memory_gib(devices[0].device_kind)
-  out['hbm_gib'] = hbm
-  out['fits'] = None if hbm is None else out['total'] <= hbm * 2**30
-  out['peak'] = getattr(memory, 'peak_memory_in_bytes', 0) or 0
+  out = device_facts.compiled_memory(compiled)
+  hbm = device_facts.hbm_bytes(devices[0])
+  out['hbm_gib'] = None if hbm is None else hbm / 2**30
+  out['fits'] = None if hbm is None else out['total'] <= hbm
   model, batch = setup.model_config, config.batch_size
   out['params'] = models.param_count(setup.abstract_state.params)
   out['compile_s'], out['compile_cpu_s'] = seconds
@@ -194,6 +179,7 @@ def measure(config, setup, compiled, devices, seconds: tuple[float, float]) -> d
   # Every target on one footing, scanned or not: a TPU compile's own count differs (0.83 of the
   # analytic count for the unscanned 124m, 1.28 from the lowered program).
   out['xla_flops_unrolled'] = unrolled_flops(config, devices)
+  out['peak_flops'] = device_facts.peak_flops(devices[0])
   return out
 
 
@@ -224,6 +210,130 @@ def unrolled_flops(config, devices) -> float | None:
   return None if flops is None else flops / len(devices)
 
 
+# --------------------------------------------------------------------------- the step-time estimate
+# A TPU program compiled through libtpu carries the compiler's estimate of its run time,
+# `cost_analysis()['optimal_seconds']`. Three things in it need care (launch/README.md, "Step
+# time without a TPU", has the checks):
+# - a while loop's body counts once: layer scans, gradient accumulation, and the windowed-einsum
+#   loops XLA builds under FSDP to overlap a weight's all-gather (or its gradient's
+#   reduce-scatter) with its matmul, one shard per iteration;
+# - each `ConcatBitcast` (a free concatenation of asynchronously sliced pieces) counts -1 s;
+# - it sums per-operation estimates: no overlap of communication with compute is credited.
+# So the estimate is taken from twins of the step: layers unrolled at two depths and extrapolated
+# linearly, one micro-batch (times the accumulation steps), windowed einsum off.
+ESTIMATE_OPTIONS = {'xla_jf_spmd_threshold_for_windowed_einsum_mib': 1 << 30}
+_SENTINEL = 'custom_call_target="ConcatBitcast"'
+
+
+def compiler_seconds(compiled) -> tuple[float | None, int]:
+  """(the compiler's estimate of one run of `compiled` in seconds, corrected for the -1 s it
+  counts per ConcatBitcast; the number of while loops, whose bodies it counts once). None where
+  the compiler gives no estimate (CPU, GPU)."""
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  if not cost or cost.get('optimal_seconds') is None:
+    return None, 0
+  text = compiled.as_text()
+  return float(cost['optimal_seconds']) + text.count(_SENTINEL), text.count(' while(')
+
+
+def depth_twins(model) -> tuple[int, dict[int, dict]]:
+  """(n, {m: model overrides}): the stack is n repeats of one unit of layers; the overrides give
+  an unscanned model of m units, for the two depths the estimate extrapolates from (one depth,
+  the whole stack, where it is too shallow to extrapolate)."""
+  if model.family == 'hourglass':
+    stages = model.hourglass_stages
+    n = math.gcd(*stages)
+    unit = [s // n for s in stages]
+    twin = lambda m: {'num_layers': m * sum(unit),
+                      'hourglass_layers': ','.join(str(m * s) for s in unit)}
+    per_unit = sum(unit)
+  else:
+    pattern = model.slow_pattern
+    k, r = dataclasses.replace(model, scan_layers=True).scan_groups
+    n, per_unit = (r, k) if r and k * r == len(pattern) else (1, len(pattern))
+    ids = lambda m: ','.join(str(i) for i in range(m * per_unit) if pattern[i % per_unit])
+    twin = lambda m: {'num_layers': m * per_unit,
+                      **({'slow_layers': ids(m)} if 0 < sum(pattern) < len(pattern) else {})}
+  first = max(1, -(-2 // per_unit))  # At least two layers.
+  depths = (first, 2 * first) if 2 * first < n else (n,)
+  return n, {m: {**twin(m), 'scan_layers': False} for m in depths}
+
+
+def compile_twin(setup, batch: int):
+  """The train step of `setup` compiled as `TrainSetup.compile_train_step` does it, with
+  `ESTIMATE_OPTIONS` added."""
+  import jax
+  import jax.numpy as jnp
+  from fastslow_jax import runtime, sharding
+
+  jitted = jax.jit(setup.train_step_fn(), in_shardings=(setup.state_sharding, setup.batch_sharding),
+                   out_shardings=(setup.state_sharding, sharding.replicated(setup.mesh)),
+                   donate_argnums=0)
+  tokens = jax.ShapeDtypeStruct((batch, setup.model_config.seq_len + 1), jnp.int32,
+                                sharding=setup.batch_sharding)
+  devices = setup.mesh.devices.flat
+  with setup.activate():
+    return jitted.lower(setup.abstract_state_with_sharding(), tokens).compile(
+        {**runtime.compiler_options(devices), **ESTIMATE_OPTIONS})
+
+
+def estimate_step(config, devices) -> dict:
+  """The compiler's estimate of one train step (seconds) from twins of it, with how it was
+  made; {} where the compiler gives none. A twin that does not fit leaves no estimate."""
+  from fastslow_jax import models, runtime
+
+  model = models.ModelConfig.from_mapping(config.model)
+  units, twins = depth_twins(model)
+  accum = config.grad_accum_steps
+  seconds, loops, compile_s = {}, 0, 0.0
+  for m, overrides in twins.items():
+    twin = runtime.resolve_config(config, num_devices=len(devices))
+    twin.model.update(overrides)
+    twin.batch_size, twin.grad_accum_steps = config.batch_size // accum, 1
+    start = time.perf_counter()
+    try:
+      compiled = compile_twin(runtime.TrainSetup(twin, devices), twin.batch_size)
+    except Exception as e:
+      if 'RESOURCE_EXHAUSTED' in str(e):
+        return {'est_note': f'a {overrides["num_layers"]}-layer twin does not fit'}
+      raise
+    compile_s += time.perf_counter() - start
+    seconds[m], twin_loops = compiler_seconds(compiled)
+    if seconds[m] is None:
+      return {}
+    loops += twin_loops
+  (m1, s1), (m2, s2) = list(seconds.items())[0], list(seconds.items())[-1]
+  step = s1 if m1 == m2 else s1 + (units - m1) * (s2 - s1) / (m2 - m1)
+  layers = [twins[m]['num_layers'] for m in seconds]
+  return {'est_step_s': accum * step, 'est_compile_s': compile_s, 'est_loops': loops,
+          'est_twins': {str(n): s for n, s in zip(layers, seconds.values())},
+          'est_method': (f'{" and ".join(map(str, layers))}-layer unscanned twin'
+                         f'{"s" if len(layers) > 1 else ""}'
+                         f'{f" extrapolated to {model.num_layers}" if len(layers) > 1 else ""}'
+                         f'{f", one micro-batch x {accum}" if accum > 1 else ""}')}
+
+
+def add_estimate(result: dict, config, devices, compiled) -> None:
+  """Adds the compiler's estimate of the step (seconds, tokens per second per device, MFU) to
+  `result`, and its estimate of `compiled` as it stands (loop bodies once) for comparison."""
+  result['est_as_compiled_s'], result['est_as_compiled_loops'] = compiler_seconds(compiled)
+  if result['est_as_compiled_s'] is None:
+    return
+  if (result['est_as_compiled_loops'] == 0 and not config.model.scan_layers
+      and config.grad_accum_steps == 1):  # Nothing to unroll: the step itself.
+    result.update(est_step_s=result['est_as_compiled_s'], est_method='the step as compiled',
+                  est_compile_s=0.0, est_loops=0)
+  else:
+    result.update(estimate_step(config, devices))
+  step = result.get('est_step_s')
+  if step:
+    tokens = config.batch_size * config.model.seq_len
+    result['est_tokens_per_s_device'] = tokens / step / len(devices)
+    peak = result.get('peak_flops')
+    result['est_mfu'] = result['analytic_flops'] / (step * peak) if peak else None
+
+
 def report(config, setup, result: dict, topology: str) -> None:
   """Prints the model, the mesh and the compiled step's per-device memory and FLOPs."""
   model = setup.model_config
@@ -247,6 +357,22 @@ def report(config, setup, result: dict, topology: str) -> None:
   if result['xla_flops_unrolled']:
     print(f'  XLA cost analysis: {result["xla_flops_unrolled"]:.4g} (masked attention executes the '
           f'full T x T: analytic {result["analytic_flops_full"]:.4g} counted so)')
+  report_estimate(result)
+
+
+def report_estimate(result: dict) -> None:
+  """Prints the compiler's estimate of the step, labelled as such."""
+  if result.get('est_step_s'):
+    mfu = result.get('est_mfu')
+    seconds = result['est_compile_s']
+    twins = f'; twins compiled in {seconds:.0f} s' if seconds else ''
+    print(f'step time, compiler\'s estimate: {result["est_step_s"]:.4g} s '
+          f'({result["est_method"]}{twins})')
+    print(f'  compiler\'s estimate: {result["est_tokens_per_s_device"]:,.0f} tokens/s per device'
+          + (f', MFU {100 * mfu:.1f}% (analytic FLOPs over the estimate at '
+             f'{result["peak_flops"] / 1e12:g} TFLOP/s peak)' if mfu else ''))
+  elif result.get('est_note'):
+    print(f'step time, compiler\'s estimate: none ({result["est_note"]})')
 
 
 def compile_step(config, devices, topology: str):
@@ -288,6 +414,9 @@ def define_flags() -> None:
   flags.DEFINE_list(
       'remat_policies', [], 'Compile once per remat policy (none, full, dots_saveable, minimal) '
       'and compare their memory; default: the config\'s own.')
+  flags.DEFINE_bool('estimate', True, "TPU targets: also the compiler's estimate of the step time, "
+                    'tokens/s and MFU, from twins of the step compiled with layers unrolled '
+                    '(two more compiles of two and four layers; --noestimate skips them).')
   flags.DEFINE_string('json_out', None, 'Also write the figures as JSON (bytes, seconds, FLOPs) '
                       'to this file, keyed by remat policy.')
   flags.mark_flags_as_required(['config', 'topology'])
@@ -314,13 +443,17 @@ def main(argv) -> None:
       config.model.remat = policy
     config = runtime.resolve_config(config, num_devices=len(devices))
     setup, compiled, seconds = compile_step(config, devices, topology)
-    results[setup.model_config.remat] = measure(config, setup, compiled, devices, seconds)
+    result = results[setup.model_config.remat] = measure(config, setup, compiled, devices,
+                                                         seconds)
+    if f.estimate and devices[0].platform == 'tpu':
+      add_estimate(result, config, devices, compiled)
     report(config, setup, results[setup.model_config.remat], topology)
   if len(results) > 1:
     print('\nper-device memory by remat policy:')
     for policy, r in results.items():
+      step = f'   step {r["est_step_s"]:.4g} s (estimate)' if r.get('est_step_s') else ''
       print(f'  {policy:<14} total {size(r["total"])}   temp {size(r["temp"])}'
-            f'{"" if r["fits"] is None else "   fits" if r["fits"] else "   does not fit"}')
+            f'{"" if r["fits"] is None else "   fits" if r["fits"] else "   does not fit"}{step}')
   if f.json_out:
     pathlib.Path(f.json_out).write_text(json.dumps(results, indent=1) + '\n')
 
