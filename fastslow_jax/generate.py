@@ -13,8 +13,15 @@ output. A jitted `jax.lax.while_loop` then decodes one token per row and step
 greedy (temperature 0) or by temperature with top-k and top-p (nucleus) truncation, from a seed.
 A row stops at `eos_id` (which it keeps) or after `max_new_tokens`.
 
+With a local fast path (`model.fast_window` = W) the fast cache of a layer is a ring of W
+entries, whatever the length; the slow path's cache holds the completed blocks (one entry per P
+tokens).
+
 Positions beyond `model.seq_len` were never trained: a prompt longer than it is refused, and a
-continuation past it is allowed but said in a warning.
+continuation past it is allowed but said in a warning (`beyond_training`). A windowed fast path
+is there exactly as in training (rotary attention depends only on how far apart two positions
+are, and the window keeps that below W); a slow path (or the hourglass's shortened stack)
+attends over more completed blocks than training ever showed it.
 """
 
 from __future__ import annotations
@@ -120,9 +127,8 @@ def generate(model: models.LanguageModel, prompts: Sequence[Sequence[int]], *, m
   if eos_id is not None and not 0 <= eos_id < cfg.vocab_size:
     raise UsageError(f'eos_id={eos_id} is not a token of the vocabulary (0..{cfg.vocab_size - 1}).')
   cache_length = tokens.shape[1] + max_new_tokens
-  if cache_length > cfg.seq_len:
-    logging.warning('Generating up to position %d, beyond the %d positions the model was trained '
-                    'on.', cache_length, cfg.seq_len)
+  if cache_length > cfg.seq_len and beyond_training(cfg, cache_length):
+    logging.warning(beyond_training(cfg, cache_length))
   graphdef, params = nnx.split(models.unrolled(model))
   out, seen = _decode(graphdef, params, jnp.asarray(tokens), jnp.asarray(lengths),
                       jax.random.key(seed), max_new_tokens=max_new_tokens,
@@ -133,6 +139,19 @@ def generate(model: models.LanguageModel, prompts: Sequence[Sequence[int]], *, m
   if return_logits:
     return results, [seen[i, :len(r)] for i, r in enumerate(results)]
   return results
+
+
+def beyond_training(cfg: models.ModelConfig, length: int) -> str | None:
+  """What generating up to position `length` > seq_len means for the model, or None where
+  nothing is new (a dense model with a window: its fast path only sees W relative positions)."""
+  if not cfg.fast_window or cfg.fast_window > cfg.seq_len:
+    return (f'Generating up to position {length}, beyond the {cfg.seq_len} positions the model '
+            'was trained on.')
+  if not cfg.has_slow_path:
+    return None
+  return (f'Generating up to position {length}, beyond model.seq_len={cfg.seq_len}: the windowed '
+          f'fast path sees what it saw in training, but the slow path attends over up to '
+          f'{length // cfg.P} blocks, where training showed it {cfg.seq_len // cfg.P}.')
 
 
 def _pad(prompts, vocab_size: int, seq_len: int) -> tuple[np.ndarray, np.ndarray]:

@@ -102,15 +102,17 @@ def test_fused_kernels_are_causal_only(impl):
     attention_lib.attention(q, k, v, causal=False, impl=impl)
 
 
-def test_splash_in_the_model_under_a_mesh_matches_reference():
+@pytest.mark.parametrize('window', [0, pytest.param(12, marks=pytest.mark.slow)])
+def test_splash_in_the_model_under_a_mesh_matches_reference(window):
   """A coupled model (fast T=32 and slow N=4 paths) with rows and heads split over 8 devices:
-  splash runs per device inside shard_map; logits and parameter gradients match reference."""
+  splash runs per device inside shard_map; logits and parameter gradients match reference (the
+  chunked local attention with a window, splash's local mask under the mesh)."""
   tokens = jax.random.randint(jax.random.key(0), (4, 33), 0, 64, dtype=jnp.int32)
 
   def grads_and_logits(impl: str):
     cfg = ModelConfig(arm='coupled', vocab_size=64, seq_len=32, d_model=32, num_layers=1,
                       num_heads=2, mlp_dim=64, P=8, slow_num_heads=2, phi_dim=64, gate='channel',
-                      attention_impl=impl)
+                      attention_impl=impl, fast_window=window)
     graphdef, params = nnx.split(models.build(cfg, rngs=3), nnx.Param)
     # Open the gates, so that the slow path reaches the logits.
     params = nnx.map_state(lambda path, p: p + 0.5 if 'gate' in path else p, params)
@@ -133,6 +135,57 @@ def test_splash_in_the_model_under_a_mesh_matches_reference():
     (_, got), grads = jax.jit(step)(params)
   np.testing.assert_allclose(got, want, **FWD_TOL)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, **GRAD_TOL), grads, want_grads)
+
+
+# --------------------------------------------------------------------------- local window
+
+
+def band_reference(q, k, v, window: int):
+  """The definition: attention where query t sees keys t-W < s <= t, one masked product."""
+  t = jnp.arange(q.shape[1])
+  mask = (t[:, None] >= t[None]) & (t[:, None] - t[None] < window)
+  return attention_lib.masked_attention(q, k, v, mask)
+
+
+def assert_window_matches_band(impl: str, length: int, window: int, kv_heads: int = 2):
+  q, (k, v) = qkv(length)[0], qkv(length, heads=kv_heads, seed=1)[1:]
+  weights = jax.random.normal(jax.random.key(7), q.shape)
+  run = lambda attend: jax.jit(jax.value_and_grad(
+      lambda q, k, v: jnp.sum(attend(q, k, v) * weights), argnums=(0, 1, 2)))(q, k, v)
+  with attention_lib.interpret_kernels():
+    got = run(lambda q, k, v: attention_lib.attention(q, k, v, causal=True, impl=impl,
+                                                     window=window))
+  want = run(lambda q, k, v: band_reference(q, k, v, window))
+  tol = (FWD_TOL, GRAD_TOL) if impl == 'splash' else (dict(atol=1e-5, rtol=1e-5),) * 2
+  np.testing.assert_allclose(got[0], want[0], **tol[0])
+  for name, a, b in zip('qkv', got[1], want[1]):
+    np.testing.assert_allclose(a, b, err_msg=f'd{name}', **tol[1])
+
+
+# 300 positions and a window of 128: three chunks (the last padded), 384 for splash's tiles.
+@pytest.mark.parametrize('impl,length,window,kv_heads', [
+    ('reference', 300, 128, 1), ('xla', 37, 8, 2), ('splash', 300, 128, 2),
+    *(pytest.param(*case, marks=pytest.mark.slow) for case in (
+        ('reference', 16, 1, 2), ('reference', 5, 3, 2), ('xla', 300, 128, 1),
+        ('splash', 1000, 200, 1), ('splash', 256, 128, 2), ('splash', 130, 16, 2)))])
+def test_windowed_kernels_match_the_band_masked_reference(impl, length, window, kv_heads):
+  """Value and gradients of every backend that runs here, against the window's definition."""
+  assert_window_matches_band(impl, length, window, kv_heads)
+
+
+def test_splash_skips_the_blocks_outside_the_window():
+  """The local mask leaves each query tile at most ceil(W / tile) + 1 key tiles to visit; the
+  causal mask visits every earlier one."""
+  local, causal = (attention_lib._splash_kernel(1, 2048, 128, 128, True, w) for w in (256, 0))
+  visited = lambda kernel: int(np.count_nonzero(np.asarray(kernel.fwd_mask_info.block_mask)))
+  assert visited(local) <= 16 * 3 < visited(causal) == 16 * 17 // 2
+
+
+def test_a_backend_without_a_window_refuses_one_in_one_line():
+  msg = config_error(attention_impl='pallas_gpu', fast_window=64)
+  assert "model.attention_impl='pallas_gpu' has no local window" in msg and 'splash' in msg
+  ModelConfig(vocab_size=64, seq_len=32, d_model=32, num_heads=2, slow_num_heads=2, P=4,
+              attention_impl='splash', fast_window=64)
 
 
 # --------------------------------------------------------------------------- tiles
@@ -249,13 +302,13 @@ import collections, re, sys
 from fastslow_jax import models, runtime
 from fastslow_jax.configs import fastslow
 from launch import aot_compile
-kind, shape, impl, dtype = sys.argv[1:]
+kind, shape, impl, dtype, window = sys.argv[1:]
 devices = aot_compile.target_devices(kind, shape, 1)
 if devices is None:
   raise SystemExit('skipped: no compiler for ' + kind)
 config = fastslow.get_config('arm=coupled,size=tiny')
 config.unlock()
-config.model.update(attention_impl=impl, dtype=dtype, slow_num_heads=2)
+config.model.update(attention_impl=impl, dtype=dtype, slow_num_heads=2, fast_window=int(window))
 config = runtime.resolve_config(config, num_devices=len(devices))
 setup = runtime.TrainSetup(config, devices)
 models.check_attention_platform(impl, devices)
@@ -271,9 +324,10 @@ for (name, result), n in sorted(found.items()):
 '''
 
 
-def compiled_kernels(kind: str, shape: str, impl: str, dtype: str) -> list[str]:
+def compiled_kernels(kind: str, shape: str, impl: str, dtype: str, window: int = 0) -> list[str]:
   env = {k: v for k, v in os.environ.items() if k not in ('XLA_FLAGS', 'JAX_PLATFORMS')}
-  result = subprocess.run([sys.executable, '-c', _LIST_KERNELS, kind, shape, impl, dtype],
+  result = subprocess.run([sys.executable, '-c', _LIST_KERNELS, kind, shape, impl, dtype,
+                           str(window)],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   if 'skipped: no compiler' in result.stderr:
     pytest.skip(f'no {kind} compiler here (pip install -e .[test] for TPU, .[aot-gpu] for GPU)')
@@ -288,16 +342,18 @@ def expected(kernels, shapes) -> list[str]:
 
 
 @pytest.mark.slow
-def test_splash_compiles_for_tpu_fast_and_slow_path_with_backward():
+@pytest.mark.parametrize('window', [0, 32])  # 32: the fast path's local mask.
+def test_splash_compiles_for_tpu_fast_and_slow_path_with_backward(window):
   # Splash takes [B, H, T, D]; the slow path's N=8 is padded to one 128-tile.
-  assert compiled_kernels('v5e', '2x2', 'splash', 'float32') == expected(
+  assert compiled_kernels('v5e', '2x2', 'splash', 'float32', window) == expected(
       ('splash_mha_fwd', 'splash_mha_dq', 'splash_mha_dkv'), ('4,4,128,16', '4,2,128,32'))
 
 
 @pytest.mark.slow
-def test_cudnn_compiles_for_gpu_fast_and_slow_path_with_backward():
+@pytest.mark.parametrize('window', [0, 32])  # 32: the fast path's sliding window.
+def test_cudnn_compiles_for_gpu_fast_and_slow_path_with_backward(window):
   # cuDNN returns [B, H, T, D] and needs no padding.
-  assert compiled_kernels('h100', '1x4', 'cudnn', 'bfloat16') == expected(
+  assert compiled_kernels('h100', '1x4', 'cudnn', 'bfloat16', window) == expected(
       ('cudnn$fmhaSoftmax', 'cudnn$fmhaSoftmaxBackward'), ('4,4,128,16', '4,2,8,32'))
 
 

@@ -46,12 +46,16 @@ SLOW = pytest.mark.slow  # The default suite keeps one case per family.
     dict(family='compressed', arm='coupled', seq_len=128, P=4),
     dict(family='hourglass', arm='coupled', seq_len=128, P=4, hourglass_pool='linear',
          hourglass_upsample='linear'),
+    dict(arm='coupled', seq_len=100, P=4, fast_window=16),  # Chunked: 7 chunks, the last padded.
     pytest.param(dict(arm='dense', seq_len=128, P=16), marks=SLOW),
+    pytest.param(dict(family='hourglass', seq_len=256, P=4, fast_window=48, attention_impl='xla'),
+                 marks=SLOW),
     pytest.param(dict(arm='gate_frozen', seq_len=64, P=8, slow_layers='1', attention_impl='xla'),
                  marks=SLOW),
     pytest.param(dict(family='hourglass', arm='coupled', seq_len=128, P=2, num_layers=3,
                       hourglass_layers='1,2,1'), marks=SLOW),
-], ids=['coupled-P4-T128-gqa', 'compressed-P4-T128', 'hourglass-linear-P4-T128', 'dense-T128',
+], ids=['coupled-P4-T128-gqa', 'compressed-P4-T128', 'hourglass-linear-P4-T128',
+        'coupled-P4-T100-W16', 'dense-T128', 'hourglass-P4-T256-W48-xla',
         'gate_frozen-P8-T64-one_slow_layer-xla', 'hourglass-P2-T128'])
 def test_flops_match_xla_cost_analysis(kw):
   cfg = ModelConfig(**{**BASE, **kw})
@@ -96,6 +100,21 @@ def test_family_flops_hand_computed():
   visible = sum((t + 1) // P for t in range(T)) / T  # 0,0,0,1,1,1,1,2 -> 6/8.
   assert compressed.fast == pytest.approx(layer(T))
   assert compressed.slow == pytest.approx(compress + 2 * 2 * d * visible)
+
+
+def test_windowed_attention_counts_min_of_position_and_window():
+  """Query t scores min(t+1, W) keys; per token that tends to W as T grows (linear cost in T),
+  and a window as long as the sequence is full causal attention."""
+  d, T, W = 64, 40, 8
+  keys = sum(min(t + 1, W) for t in range(T)) / T
+  assert flops.attention(T, d, True, W) == pytest.approx(2 * 2 * d * keys)
+  assert flops.attention(T, d, False, W) == pytest.approx(2 * 2 * d * 2 * W)  # Executed: 2W.
+  assert flops.attention(T, d, True, T) == flops.attention(T, d, True)
+  per_token = [flops.attention(t, d, True, W) for t in (1024, 4096, 16384)]
+  assert per_token[-1] / per_token[0] < 1.01  # Constant per token: O(T W) in all.
+  cfg = dict(arm='coupled', seq_len=4096, P=16)
+  local, full = (models.flops_per_token(_cfg(**cfg, fast_window=w)) for w in (256, 0))
+  assert local.slow == full.slow and local.head == full.head and local.fast < full.fast / 2
 
 
 def test_dense_counts_the_same_for_every_family():

@@ -77,10 +77,14 @@ SLOW = pytest.mark.slow  # The default suite keeps one case per family.
 @pytest.mark.parametrize('kw', [
     dict(P=3, slow_layers='every:2'), dict(family='compressed', P=3),
     dict(P=3, hourglass_layers='1,2,1', **HOURGLASS_LINEAR), dict(P=4, num_kv_heads=1),
+    dict(P=4, fast_window=6),  # A window not a multiple of P, prompts longer than it.
     *(pytest.param(kw, marks=SLOW) for kw in (dict(family='compressed', P=4, num_kv_heads=1),
         dict(P=1), dict(P=3), dict(P=4), dict(P=16), dict(P=4, gate='scalar'),
         dict(arm='dense'), dict(arm='gate_frozen'), dict(arm='slow_frozen'),
-        dict(family='compressed', P=4, slow_layers='every:2'), dict(family='hourglass', P=4))),
+        dict(family='compressed', P=4, slow_layers='every:2'), dict(family='hourglass', P=4),
+        dict(P=16, fast_window=7), dict(P=1, fast_window=2), dict(arm='dense', fast_window=3),
+        dict(family='compressed', P=4, fast_window=5, num_kv_heads=1),
+        dict(P=3, fast_window=4, **HOURGLASS_LINEAR))),
 ], ids=str)
 def test_decode_equals_parallel_forward(kw):
   assert_decode_equals_parallel(model_for(**kw), prompts_for(kw.get('P', 4)))
@@ -89,9 +93,11 @@ def test_decode_equals_parallel_forward(kw):
 def _grid(family: str):
   arms = models.FAMILIES[family].arms
   variants = {'fastslow': [dict(gate=g, slow_layers=s) for g in ('scalar', 'channel')
-                           for s in ('all', 'every:2')],
-              'compressed': [dict(slow_layers=s) for s in ('all', 'every:2')],
-              'hourglass': [{}, dict(hourglass_pool='linear', hourglass_upsample='linear')]}
+                           for s in ('all', 'every:2')] + [dict(fast_window=5)],
+              'compressed': [dict(slow_layers=s) for s in ('all', 'every:2')]
+                            + [dict(fast_window=5)],
+              'hourglass': [{}, dict(hourglass_pool='linear', hourglass_upsample='linear'),
+                            dict(fast_window=5)]}
   return [(family, arm, P, kw) for arm in arms for P in (1, 3, 4, 16) for kw in variants[family]]
 
 
@@ -121,6 +127,33 @@ def test_scanned_model_decodes_like_unrolled(family):
   prompts = prompts_for(4, seed=1)
   assert (gen.generate(scanned, prompts, max_new_tokens=NEW)
           == gen.generate(unrolled, prompts, max_new_tokens=NEW))
+
+
+def test_windowed_caches_are_a_ring_and_the_completed_blocks():
+  """The fast cache holds W entries whatever the length; the slow cache one per block."""
+  graphdef, params = nnx.split(model_for(P=4, fast_window=6))
+  for length in (4, 40):
+    caches = jax.eval_shape(lambda p: nnx.merge(graphdef, p).prefill(
+        jnp.zeros((2, 3), jnp.int32), jnp.array([3, 2]), length)[1], params)
+    assert caches[0]['fast'].k.shape[1] == min(6, length)
+    assert caches[0]['slow'].cache.k.shape[1] == -(-length // 4)
+
+
+@pytest.mark.parametrize('family', ['fastslow', pytest.param('hourglass', marks=SLOW)])
+def test_windowed_decoding_past_seq_len_equals_the_parallel_forward(family, caplog):
+  """Past seq_len (trained on 48 positions, decoding to 70) the ring keeps decoding equal to
+  the parallel forward over the whole sequence; the warning says the slow path is the part that
+  sees more than in training, and a dense windowed model gets none."""
+  model = model_for(P=4, fast_window=6, family=family)
+  prompt = list(np.random.default_rng(1).integers(0, VOCAB, 40))
+  with caplog.at_level('WARNING'):
+    new, seen = gen.generate(model, [prompt], max_new_tokens=30, return_logits=True)
+  assert 'slow path attends over up to 17 blocks, where training showed it 12' in caplog.text
+  graphdef, params = nnx.split(model)
+  full = jnp.asarray([prompt + new[0]])
+  want = np.asarray(_forward(graphdef)(params, full))[0, len(prompt) - 1:len(prompt) + 29]
+  np.testing.assert_allclose(seen[0], want, atol=1e-5, rtol=1e-5)
+  assert gen.beyond_training(model_for(arm='dense', fast_window=6).config, 70) is None
 
 
 def test_sampling_is_deterministic_per_seed():

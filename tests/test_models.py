@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
 
 import chex
@@ -43,6 +44,8 @@ VARIANTS = {
     'hourglass-linear': dict(family='hourglass', hourglass_pool='linear',
                              hourglass_upsample='linear'),
     'fastslow-gqa': dict(family='fastslow', num_kv_heads=1),  # One key head for both queries.
+    # A local fast path (window of 5 positions; the hourglass's full-rate layers).
+    **{f'{family}-window': dict(family=family, fast_window=5) for family in FAMILIES},
 }
 
 
@@ -268,7 +271,7 @@ SLOW = pytest.mark.slow  # Cross-products: the default suite keeps one case per 
 # One variant per family with every P that has a probe of its own in the default suite; the
 # rest of the cross-product with the slow tests.
 DEFAULT_LEAK_CASES = [(4, 'fastslow-channel'), (2, 'compressed'), (8, 'hourglass-linear'),
-                      (4, 'fastslow-gqa')]
+                      (4, 'fastslow-gqa'), (4, 'compressed-window')]
 LEAK_CASES = [*DEFAULT_LEAK_CASES, *(pytest.param(P, v, marks=SLOW) for P in (2, 4, 8)
                                     for v in VARIANTS if (P, v) not in DEFAULT_LEAK_CASES)]
 
@@ -377,6 +380,84 @@ def test_logit_jacobian_wrt_embeddings_is_causal(variant):
     assert np.all(jac[t, :t + 1] > 0), (t, jac[t])
   # The path differentiated above is the model's own forward pass.
   np.testing.assert_allclose(logits, forward_fn(model)(tokens)[0], rtol=1e-6, atol=1e-6)
+
+
+# =========================================================================== local fast path
+
+
+def reach(cfg: ModelConfig, T: int, slow_on: bool = True) -> np.ndarray:
+  """[T, T] booleans: which input positions s the logits at t may depend on, composed layer by
+  layer: a fast path sees t-W < s <= t (any s <= t without a window); a fast-slow or compressed
+  slow layer adds the complete blocks, s < ((t+1)//P)*P, when `slow_on` (gate open); the
+  hourglass adds, between its pre and post layers, the groups up to t//P: s <= (t//P)*P."""
+  t, s = np.arange(T)[:, None], np.arange(T)[None]
+  band = (s <= t) & (t - s < (cfg.fast_window or T))
+  then = lambda a, b: (a.astype(int) @ b.astype(int)) > 0  # Layer b, then layer a.
+  if cfg.family == 'hourglass' and cfg.has_slow_path:
+    pre, _, post = cfg.hourglass_stages
+    out = functools.reduce(then, [band] * pre, np.eye(T, dtype=bool))
+    out = then((s <= (t // cfg.P) * cfg.P) | (s == t), out)
+    return functools.reduce(then, [band] * post, out)
+  blocks = slow_on & (s < ((t + 1) // cfg.P) * cfg.P)
+  layers = [band | blocks if slow else band for slow in cfg.slow_pattern]
+  return functools.reduce(then, layers, np.eye(T, dtype=bool))
+
+
+WINDOW_CASES = [('fastslow', 1.0, 2), ('fastslow', 0.0, 1), *(pytest.param(*case, marks=SLOW)
+                for case in (('fastslow', 0.0, 2), ('compressed', 1.0, 2), ('hourglass', None, 3),
+                             ('dense', None, 2)))]
+
+
+def windowed(family: str, gate, layers: int):
+  """A tiny model with a window of 6 positions and P=4, its gates at `gate`."""
+  arm = dict(arm='dense') if family == 'dense' else dict(family=family)
+  cfg = tiny(P=4, seq_len=24, fast_window=6, num_layers=layers, gate='channel', **arm)
+  model = models.build(cfg, rngs=layers)
+  if gate is not None:
+    set_gates(model, gate)
+  return cfg, model
+
+
+@pytest.mark.parametrize('family,gate,layers', WINDOW_CASES)
+def test_window_jacobian_is_the_window_plus_complete_blocks(family, gate, layers):
+  """d logits[t] / d embedding[s] is non-zero exactly where `reach` says: within the window of
+  each layer, plus every complete block through an open slow path; with the gate at 0 or no slow
+  path, one layer makes token t independent of every token before t-W+1 (L layers: t-L(W-1))."""
+  cfg, model = windowed(family, gate, layers)
+  graphdef, params = nnx.split(model, nnx.Param)
+  u = jax.random.normal(jax.random.key(2), (cfg.vocab_size,))
+  jac, _ = _logit_jacobian(graphdef, params, random_tokens(0, (1, cfg.seq_len)), u)
+  seen = np.abs(np.asarray(jac)).sum(axis=2) > 0
+  want = reach(cfg, cfg.seq_len, slow_on=gate != 0.0)
+  np.testing.assert_array_equal(seen, want)
+  if gate == 0.0 and layers == 1:  # The rule in words: nothing before t-W+1.
+    t, s = np.arange(cfg.seq_len)[:, None], np.arange(cfg.seq_len)[None]
+    np.testing.assert_array_equal(seen, (s <= t) & (s > t - cfg.fast_window))
+  if gate:  # Older tokens do reach t, through the complete blocks alone.
+    assert (want & ~reach(cfg, cfg.seq_len, slow_on=False)).any()
+
+
+@pytest.mark.parametrize('family,gate,layers', WINDOW_CASES)
+def test_tokens_before_the_window_reach_only_through_complete_blocks(family, gate, layers):
+  """Changing every token before s leaves the logits at t bitwise unchanged wherever `reach`
+  says t cannot see them (beyond the window with the slow path closed, or in no complete block),
+  and changes them wherever it says t can."""
+  cfg, model = windowed(family, gate, layers)
+  T, rng = cfg.seq_len, np.random.default_rng(layers)
+  base = np.asarray(random_tokens(layers, (2, T)))
+  cuts = [3, 7, 11, 16]
+  variants = []
+  for s in cuts:
+    v = base.copy()
+    v[:, :s] = (v[:, :s] + rng.integers(1, VOCAB, size=(2, s))) % VOCAB
+    variants.append(v)
+  logits = forward_fn(model)(jnp.asarray(np.concatenate([base] + variants)))
+  ref, outs = logits[:2], np.split(logits[2:], len(cuts))
+  want = reach(cfg, T, slow_on=gate != 0.0)
+  for s, out in zip(cuts, outs):
+    for t in range(T):
+      same = np.array_equal(out[:, t], ref[:, t])
+      assert same != want[t, :s].any(), f'cut {s}, t={t}: changed={not same}'
 
 
 # =========================================================================== identity with dense

@@ -47,6 +47,7 @@ SLOW = pytest.mark.slow  # The default suite keeps one case of each kind.
 
 @pytest.mark.parametrize('overrides,groups', [
     (dict(slow_layers='every:2'), (2, 2)),  # 2 x (fast, slow) + 1 fast layer unscanned.
+    (dict(fast_window=5), (1, 5)),  # A local fast path.
     pytest.param(dict(arm='dense'), (1, 5), marks=SLOW),
     pytest.param(dict(arm='coupled'), (1, 5), marks=SLOW),
     pytest.param(dict(arm='gate_frozen'), (1, 5), marks=SLOW),
@@ -214,12 +215,13 @@ def test_stacked_parameters_shard_like_their_layers():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('scan_layers', [True, False])
-def test_remat_policies_give_identical_gradients(scan_layers):
+@pytest.mark.parametrize('scan_layers,window', [(True, 0), (False, 0), (True, 5)])
+def test_remat_policies_give_identical_gradients(scan_layers, window):
   tokens = jax.random.randint(jax.random.key(2), (2, 17), 0, VOCAB)
   results = {}
   for policy in models.REMAT_POLICIES:
-    model = models.build(config(remat=policy, num_layers=3, scan_layers=scan_layers), rngs=0)
+    model = models.build(config(remat=policy, num_layers=3, scan_layers=scan_layers,
+                                fast_window=window), rngs=0)
     open_gates(model)
     results[policy] = loss_and_grads(model, tokens)
   for policy in models.REMAT_POLICIES:

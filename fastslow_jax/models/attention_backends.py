@@ -11,6 +11,12 @@ length is not a multiple of the backend's minimum block (the slow path's T/P poo
 1, 2, 3, ... long) is padded at the end to the next multiple; causal masking already hides the
 padded keys from every real query, and the padded queries are cut off, so the result and its
 gradients are those of the unpadded sequence (tests/test_attention.py checks both).
+
+Local attention (`model.fast_window` = W > 0: query t sees keys t-W < s <= t) costs O(T W) where
+the backend can skip what the window hides: `reference` and `xla` attend chunk by chunk (the
+queries of chunk c over chunks c-1 and c, chunks of W positions), splash skips the blocks its
+local mask hides, cuDNN takes a sliding window. A backend without it (`windowed=False`) refuses a
+window in one line.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ class AttentionBackend:
   dtypes: tuple[str, ...] | None = None  # Compute dtypes it accepts; None: any.
   min_block: int = 0  # Smallest (and granularity of) tile; 0: not a tiled kernel.
   default_block: int = 0  # Tile used when the config gives 0.
+  windowed: bool = True  # Takes a local window (model.fast_window) at O(T W) cost.
 
   @property
   def tiled(self) -> bool:
@@ -47,7 +54,8 @@ ATTENTION_BACKENDS: dict[str, AttentionBackend] = {
                                platforms=('tpu',), min_block=128, default_block=512),
     # Triton dots need tiles of at least 16.
     'pallas_gpu': AttentionBackend('pallas_gpu_attention', 'Pallas flash attention (GPU, Triton)',
-                                   platforms=('gpu',), min_block=16, default_block=64),
+                                   platforms=('gpu',), min_block=16, default_block=64,
+                                   windowed=False),
 }
 
 
@@ -78,6 +86,14 @@ def check_dtype(impl: str, dtype: str) -> None:
     raise UsageError(f'model.attention_impl={impl!r} needs model.dtype in '
                      f'{{{", ".join(spec.dtypes)}}}, not {dtype!r}: set --config.model.dtype='
                      f'{spec.dtypes[0]} or choose another attention_impl.')
+
+
+def check_window(impl: str, window: int) -> None:
+  """A local window (`model.fast_window` > 0) needs a backend that takes one."""
+  if window and not backend(impl).windowed:
+    local = [n for n, s in ATTENTION_BACKENDS.items() if s.windowed]
+    raise UsageError(f'model.attention_impl={impl!r} has no local window (model.fast_window='
+                     f'{window}): choose one of {", ".join(local)}, or model.fast_window=0.')
 
 
 def check_attention_platform(impl: str, devices: Iterable) -> None:

@@ -1,8 +1,10 @@
-"""Attention kernels behind one switch: `attention(q, k, v, causal=, impl=)` on [B, T, H, D].
+"""Attention kernels behind one switch: `attention(q, k, v, causal=, impl=, window=)` on
+[B, T, H, D].
 
 The backends, where they run and what they need are listed in `attention_backends.py`; each
 names one function below. Every kernel computes softmax(q k^T / sqrt(D)) v (the Pallas kernels
-causal only) and returns [B, T, H, D] in the dtype of the inputs.
+causal only) and returns [B, T, H, D] in the dtype of the inputs. With a local `window` W, query
+t sees keys t-W < s <= t, at O(T W) cost (`local_attention` for the XLA backends).
 
 Pallas kernels (`splash`, `pallas_gpu`) are opaque to XLA's partitioner, so under a mesh they run
 inside `shard_map` on each device's rows and heads (the logical rules say which mesh axes those
@@ -44,20 +46,25 @@ def interpret_kernels():
 
 
 def attention(q: Array, k: Array, v: Array, *, causal: bool, impl: str = 'reference',
-              block_q: int = 0, block_kv: int = 0) -> Array:
+              block_q: int = 0, block_kv: int = 0, window: int = 0) -> Array:
   """Multi-head attention of queries q [B, T, H, D] over keys and values [B, T, K, D] through
   the backend `impl`; K divides H (grouped-query attention: key head j serves query heads
   [j H/K, (j+1) H/K)).
 
   `block_q` / `block_kv` are the tiled kernels' tile sizes (0: the backend default); the other
-  backends ignore them.
+  backends ignore them. `window` W > 0 (causal only): query t sees keys t-W < s <= t; a window
+  as long as the sequence hides nothing and is plain causal attention.
   """
   spec = attention_backends.backend(impl)
   kernel = globals()[spec.kernel]
+  if window and not causal:
+    raise NotImplementedError('a local window is causal attention: pass causal=True.')
+  attention_backends.check_window(impl, window)
+  window = window if window < q.shape[1] else 0
   if spec.tiled:  # The Pallas kernels take one key and value head per query head.
     k, v = (repeat_kv_heads(x, q.shape[2]) for x in (k, v))
-    return kernel(q, k, v, causal, block_q=block_q, block_kv=block_kv)
-  return kernel(q, k, v, causal)
+    return kernel(q, k, v, causal, block_q=block_q, block_kv=block_kv, window=window)
+  return kernel(q, k, v, causal, window=window)
 
 
 def repeat_kv_heads(x: Array, num_heads: int) -> Array:
@@ -69,8 +76,10 @@ def repeat_kv_heads(x: Array, num_heads: int) -> Array:
 # --------------------------------------------------------------------------- XLA backends
 
 
-def reference_attention(q: Array, k: Array, v: Array, causal: bool) -> Array:
+def reference_attention(q: Array, k: Array, v: Array, causal: bool, window: int = 0) -> Array:
   """Plain softmax attention; masked logits are set to -inf (never a finite stand-in)."""
+  if window:
+    return local_attention(q, k, v, window, masked_attention)
   mask = None
   if causal:
     mask = jnp.arange(q.shape[1])[:, None] >= jnp.arange(k.shape[1])[None, :]
@@ -97,13 +106,37 @@ def masked_attention(q: Array, k: Array, v: Array, mask: Array | None) -> Array:
   return out.reshape(b, tq, h, d)
 
 
-def xla_attention(q: Array, k: Array, v: Array, causal: bool) -> Array:
+def local_attention(q: Array, k: Array, v: Array, window: int, masked) -> Array:
+  """Causal attention within a window of W keys (query t sees t-W < s <= t), chunk by chunk:
+  the queries of chunk c (W positions each) attend over the keys of chunks c-1 and c through
+  `masked(q, k, v, mask)`, one chunk at a time (vmapped), so memory and FLOPs are O(T W): 2W
+  keys per query. A trailing partial chunk is zero-padded; causal masking hides the padding."""
+  b, t = q.shape[:2]
+  n = -(-t // window)
+  chunks = lambda x: _pad_sequence(x, n * window).reshape(b, n, window, *x.shape[2:])
+  with_previous = lambda x: jnp.concatenate(
+      [jnp.pad(x, ((0, 0), (1, 0), (0, 0), (0, 0), (0, 0)))[:, :-1], x], axis=2)
+  q_c, k_c, v_c = chunks(q), with_previous(chunks(k)), with_previous(chunks(v))
+  # Query cW + i and key (c-1)W + j are W + i - j apart: visible iff i < j <= i + W.
+  i, j = jnp.arange(window)[:, None], jnp.arange(2 * window)[None]
+  band = (j > i) & (j <= i + window)
+  mask = jnp.stack([band & (j >= window)] + [band] * (n - 1))  # Chunk 0 has no previous chunk.
+  out = jax.vmap(masked, in_axes=(1, 1, 1, 0), out_axes=1)(q_c, k_c, v_c, mask)
+  return out.reshape(b, n * window, *out.shape[3:])[:, :t]
+
+
+def xla_attention(q: Array, k: Array, v: Array, causal: bool, window: int = 0) -> Array:
+  if window:
+    return local_attention(q, k, v, window, lambda q, k, v, mask: jax.nn.dot_product_attention(
+        q, k, v, mask=mask[None, None], implementation='xla'))
   return jax.nn.dot_product_attention(q, k, v, is_causal=causal, implementation='xla')
 
 
-def cudnn_attention(q: Array, k: Array, v: Array, causal: bool) -> Array:
-  """cuDNN's fused flash attention (16-bit inputs); partitions itself under a mesh."""
-  return jax.nn.dot_product_attention(q, k, v, is_causal=causal, implementation='cudnn')
+def cudnn_attention(q: Array, k: Array, v: Array, causal: bool, window: int = 0) -> Array:
+  """cuDNN's fused flash attention (16-bit inputs), with its sliding window where `window`;
+  partitions itself under a mesh."""
+  return jax.nn.dot_product_attention(q, k, v, is_causal=causal, implementation='cudnn',
+                                      local_window_size=(window - 1, 0) if window else None)
 
 
 # --------------------------------------------------------------------------- Pallas kernels
@@ -144,15 +177,16 @@ def _require_causal(impl: str, causal: bool) -> None:
 
 
 def splash_attention(q: Array, k: Array, v: Array, causal: bool, *, block_q: int = 0,
-                     block_kv: int = 0) -> Array:
-  """TPU splash attention with a causal mask; [B, T, H, D] in and out."""
+                     block_kv: int = 0, window: int = 0) -> Array:
+  """TPU splash attention with a causal mask (local within `window`: the blocks it hides are
+  skipped); [B, T, H, D] in and out."""
   _require_causal('splash', causal)
   t = q.shape[1]
   padded, bq, bkv = _tiles('splash', t, block_q, block_kv)
   interpret = _INTERPRET.get()
 
   def per_device(q, k, v):
-    kernel = _splash_kernel(q.shape[2], padded, bq, bkv, interpret)
+    kernel = _splash_kernel(q.shape[2], padded, bq, bkv, interpret, window)
     to_heads_first = lambda x: _pad_sequence(x, padded).transpose(0, 2, 1, 3)  # [B, H, T, D]
     q = q * jnp.asarray(q.shape[-1] ** -0.5, q.dtype)  # Splash leaves the scaling to the caller.
     out = jax.vmap(kernel)(to_heads_first(q), to_heads_first(k), to_heads_first(v))
@@ -161,9 +195,10 @@ def splash_attention(q: Array, k: Array, v: Array, causal: bool, *, block_q: int
   return _per_device(per_device)(q, k, v)
 
 
-def _splash_kernel(heads: int, length: int, bq: int, bkv: int, interpret: bool):
-  """A causal splash kernel for [H, length, D]. Built per trace: its mask tables become constants
-  of the traced program (splash caches the mask preprocessing itself).
+def _splash_kernel(heads: int, length: int, bq: int, bkv: int, interpret: bool, window: int = 0):
+  """A causal splash kernel for [H, length, D], local within `window` if not 0 (query t sees
+  keys t-W+1 .. t). Built per trace: its mask tables become constants of the traced program
+  (splash caches the mask preprocessing itself).
 
   Splash masks logits with a large finite value, not -inf; every causal row keeps its diagonal,
   so masked weights underflow to exactly 0 (tests check future keys change nothing, bitwise).
@@ -171,7 +206,9 @@ def _splash_kernel(heads: int, length: int, bq: int, bkv: int, interpret: bool):
   from jax.experimental.pallas.ops.tpu.splash_attention import (
       splash_attention_kernel as splash, splash_attention_mask as mask_lib)
 
-  mask = mask_lib.MultiHeadMask([mask_lib.CausalMask((length, length))] * heads)
+  one = (mask_lib.LocalMask((length, length), window_size=(window - 1, 0), offset=0) if window
+         else mask_lib.CausalMask((length, length)))
+  mask = mask_lib.MultiHeadMask([one] * heads)
   sizes = splash.BlockSizes(block_q=bq, block_kv=bkv, block_kv_compute=bkv, block_q_dkv=bq,
                             block_kv_dkv=bkv, block_kv_dkv_compute=bkv, block_q_dq=bq,
                             block_kv_dq=bkv)
@@ -184,8 +221,10 @@ _PALLAS_GPU_BACKWARD_BLOCK = 32
 
 
 def pallas_gpu_attention(q: Array, k: Array, v: Array, causal: bool, *, block_q: int = 0,
-                         block_kv: int = 0) -> Array:
-  """Pallas (Triton) flash attention for GPUs; [B, T, H, D] in and out."""
+                         block_kv: int = 0, window: int = 0) -> Array:
+  """Pallas (Triton) flash attention for GPUs; [B, T, H, D] in and out. No local window (the
+  backend table says so, and a config asking for one is refused)."""
+  del window  # attention_backends.check_window refused it.
   _require_causal('pallas_gpu', causal)
   with warnings.catch_warnings():  # The module announces its successor on import; it still works.
     warnings.simplefilter('ignore', DeprecationWarning)

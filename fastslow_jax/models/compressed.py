@@ -12,7 +12,9 @@ token t iff it is complete (j < (t+1)//P), the rule of the fast-slow family; a t
 visible block gets zero from the branch. The per-head gate g starts at zero, so a fresh layer is
 exactly the dense layer (phi keeps an ordinary init, so g gets a gradient from the first step).
 The branch reads queries and keys before rotary positions: the block mask orders the blocks, E
-the tokens inside one. Its attention over T/P blocks is the einsum kernel on every backend.
+the tokens inside one. Its attention over T/P blocks is the einsum kernel on every backend. With
+`fast_window` W the causal attention is NSA's sliding window (t-W < s <= t) and the compressed
+blocks are how older tokens reach t.
 """
 
 from __future__ import annotations
@@ -120,10 +122,8 @@ class CompressedBlock(fastslow.Block):
     b, length = h.shape[:2]
     x = self.attn_norm(h)
     q0, k0, v = self.fast.project(x)
-    positions = jnp.broadcast_to(jnp.arange(length), (b, length))
-    q, k = self.fast.rotate(q0, k0, positions)
-    full, fast_cache = self.fast.attend_cached(
-        q, k, v, self.fast.empty_cache(b, cache_length), positions)
+    q, k = self.fast.rotate(q0, k0, jnp.arange(length))
+    full, fast_cache = self.fast.attend_prompt(q, k, v, lengths, cache_length)
     compressed, parts = self.slow(q0, k0, v)
     blocks = parts['k_blocks'].shape[1]
     num_blocks = -(-cache_length // self.slow.P)

@@ -64,8 +64,10 @@ class ModelConfig:
              'model.d_model / model.slow_num_heads must be even for rotary embeddings')
 
   def _check_attention(self) -> None:
-    """The backend takes the compute dtype and the tile sizes (platform: at run time)."""
+    """The backend takes the compute dtype, the window and the tile sizes (platform: at run
+    time)."""
     attention_backends.check_dtype(self.attention_impl, self.dtype)
+    attention_backends.check_window(self.attention_impl, self.fast_window)
     for field in ('attention_block_q', 'attention_block_kv'):
       attention_backends.check_block(self.attention_impl, field, getattr(self, field))
 

@@ -136,7 +136,8 @@ class Block(nnx.Module):
     self.fast = CausalSelfAttention(cfg.d_model, cfg.num_heads, rope_theta=cfg.rope_theta,
                                     impl=cfg.attention_impl, block_q=cfg.attention_block_q,
                                     block_kv=cfg.attention_block_kv, rngs=rngs,
-                                    output_name=remat.FAST_ATTN, num_kv_heads=cfg.kv_heads, **kw)
+                                    output_name=remat.FAST_ATTN, num_kv_heads=cfg.kv_heads,
+                                    window=cfg.fast_window, **kw)
     self.mlp_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps, rngs=rngs, **kw)
     self.mlp = SwiGLU(cfg.d_model, cfg.mlp_dim, rngs=rngs, output_name=remat.MLP, **kw)
     path, gate = self._slow_path(cfg, slow_rngs) if slow else (None, None)
@@ -172,9 +173,7 @@ class Block(nnx.Module):
     """`__call__` over right-padded prompts h [B, L, D] of `lengths` [B]; also returns the
     decoding cache for `cache_length` positions per row ({'fast': KVCache, 'slow': SlowState})."""
     x = self.attn_norm(h)
-    positions = jnp.broadcast_to(jnp.arange(h.shape[1]), h.shape[:2])
-    fast, fast_cache = self.fast.extend(x, self.fast.empty_cache(h.shape[0], cache_length),
-                                        positions)
+    fast, fast_cache = self.fast.prefill(x, lengths, cache_length)
     cache, slow = {'fast': fast_cache}, None
     if self.slow is not None:
       slow, cache['slow'] = self.slow.prefill(x, lengths, cache_length)

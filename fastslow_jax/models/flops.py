@@ -5,10 +5,12 @@ and the gate are elementwise and left out); training costs 3x the forward pass (
 computes gradients for activations and weights). The embedding lookup is a gather: 0 FLOPs.
 
 Causal attention is counted honestly by default: query t scores t+1 keys, (T+1)/2 on average, so
-the score and value matmuls cost 2 * 2 * d * (T+1)/2 per token. `causal=False` counts the full
-T x T product that a masked dense kernel actually executes; that is the figure that compares with
-XLA's `compiled.cost_analysis()`. A slow path works on N = T/P pooled tokens, so its per-token
-cost is its per-block cost divided by P.
+the score and value matmuls cost 2 * 2 * d * (T+1)/2 per token; within a local window W
+(`model.fast_window`) query t scores min(t+1, W) keys, about W for T >> W. `causal=False` counts
+what a masked kernel actually executes: the full T x T product, or with a window the chunked
+kernel's 2W keys per query over the sequence padded to whole chunks of W; that is the figure that
+compares with XLA's `compiled.cost_analysis()`. A slow path works on N = T/P pooled tokens, so its
+per-token cost is its per-block cost divided by P.
 
 Each family counts its own model (`flops_per_token` in its module) with the pieces below.
 """
@@ -40,9 +42,14 @@ class FlopCount:
     return FlopCount(self.fast * factor, self.slow * factor, self.head * factor)
 
 
-def attention(length: int, d_model: int, causal: bool) -> float:
-  """Score + weighted-value matmuls per query, over `length` causally visible keys."""
-  keys = (length + 1) / 2 if causal else length
+def attention(length: int, d_model: int, causal: bool, window: int = 0) -> float:
+  """Score + weighted-value matmuls per query of a `length` sequence, over the causally visible
+  keys (within a local `window`, 0: all of them)."""
+  if window and window < length:
+    keys = ((window * (window + 1) / 2 + (length - window) * window) / length if causal
+            else 2 * window * -(-length // window) * window / length)
+  else:
+    keys = (length + 1) / 2 if causal else length
   return 2 * 2 * d_model * keys
 
 
@@ -57,10 +64,12 @@ def swiglu(d_model: int, hidden: int) -> float:
   return 2 * 3 * d_model * hidden
 
 
-def layer(cfg: ModelConfig, length: int, causal: bool) -> float:
-  """One plain transformer layer (attention + SwiGLU MLP) per position of a `length` sequence."""
+def layer(cfg: ModelConfig, length: int, causal: bool, window: int | None = None) -> float:
+  """One plain transformer layer (attention + SwiGLU MLP) per position of a `length` sequence,
+  its attention local within `window` (default `cfg.fast_window`; 0: full)."""
+  window = cfg.fast_window if window is None else window
   return (projections(cfg.d_model, cfg.kv_heads * cfg.head_dim)
-          + attention(length, cfg.d_model, causal) + swiglu(cfg.d_model, cfg.mlp_dim))
+          + attention(length, cfg.d_model, causal, window) + swiglu(cfg.d_model, cfg.mlp_dim))
 
 
 def head(cfg: ModelConfig) -> float:

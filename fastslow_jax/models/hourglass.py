@@ -12,12 +12,15 @@ at most t; the shift by P - 1 is what keeps the future out (a shift by P - 2 wou
 Shorten averages a group (`hourglass_pool='average'`) or maps its P tokens by a learned matrix
 (`'linear'`); Upsample repeats z_j over the P tokens of its positions (`hourglass_upsample=
 'repeat'`) or maps it by a learned matrix per position in the group (`'linear'`). Every layer is
-the plain pre-norm transformer block; `hourglass_layers` sets the three stage depths. The slow
-path (shortening, inner layers, upsampling) is what the `slow_frozen` arm holds at its init;
-there is no gate.
+the plain pre-norm transformer block; `hourglass_layers` sets the three stage depths. With
+`fast_window` W the full-rate layers attend locally (t-W < s <= t); the inner layers always
+attend over every group. The slow path (shortening, inner layers, upsampling) is what the
+`slow_frozen` arm holds at its init; there is no gate.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import flax
 import jax
@@ -47,7 +50,9 @@ class Shortened(nnx.Module):
     self.pool = None if cfg.hourglass_pool == 'average' else param(
         rngs, pool_init, (P, d, d), ('length', 'embed', 'mlp'), param_dtype)
     _, inner, _ = cfg.hourglass_stages
-    self.inner = decoder.LayerStack(cfg, inner, fastslow.Block, rngs=rngs)
+    # The inner layers attend over all T/P groups: a local window is the full-rate layers' only.
+    self.inner = decoder.LayerStack(dataclasses.replace(cfg, fast_window=0), inner,
+                                    fastslow.Block, rngs=rngs)
     self.upsample = None if cfg.hourglass_upsample == 'repeat' else param(
         rngs, default_init, (d, P, d), ('mlp', 'length', 'embed'), param_dtype)
 
@@ -180,5 +185,5 @@ def flops_per_token(cfg: ModelConfig, *, causal: bool, seq_len: int) -> flops.Fl
   d, n = cfg.d_model, -(-seq_len // cfg.P)
   resample = 2 * d * d * ((cfg.hourglass_pool == 'linear') + (cfg.hourglass_upsample == 'linear'))
   return flops.FlopCount(fast=(pre + post) * flops.layer(cfg, seq_len, causal),
-                         slow=inner * flops.layer(cfg, n, causal) / cfg.P + resample,
+                         slow=inner * flops.layer(cfg, n, causal, window=0) / cfg.P + resample,
                          head=flops.head(cfg))

@@ -140,11 +140,13 @@ class CausalSelfAttention(nnx.Module):
   Used twice in a fast-slow block: over the T tokens (fast) and over the T/P pooled blocks (slow),
   each with its own projections and head count. With `num_kv_heads` < `num_heads` (grouped-query
   attention) each key and value head serves num_heads / num_kv_heads consecutive query heads.
+  With a local `window` W > 0, position t sees positions t-W < s <= t only, and the decoding
+  cache is a ring of W entries (position s in slot s % W).
   """
 
   def __init__(self, d_model: int, num_heads: int, *, rope_theta: float, impl: str, dtype,
                param_dtype, rngs: nnx.Rngs, output_name: str = remat.FAST_ATTN, block_q: int = 0,
-               block_kv: int = 0, num_kv_heads: int | None = None):
+               block_kv: int = 0, num_kv_heads: int | None = None, window: int = 0):
     head_dim = d_model // num_heads
     kv_heads = num_kv_heads or num_heads
     self.wq = param(rngs, default_init, (d_model, num_heads, head_dim), ('embed', 'heads', 'kv'),
@@ -159,6 +161,7 @@ class CausalSelfAttention(nnx.Module):
     self.rope_theta, self.impl, self.dtype = rope_theta, impl, dtype
     self.output_name = output_name  # What remat policies call the output (`checkpoint_name`).
     self.block_q, self.block_kv = block_q, block_kv  # Tiles of fused kernels; 0: their default.
+    self.window = window  # 0: full causal attention.
 
   def __call__(self, x: Array) -> Array:
     """Causal self-attention over the whole sequence x [B, T, D] (training, evaluation)."""
@@ -169,17 +172,30 @@ class CausalSelfAttention(nnx.Module):
   def extend(self, x: Array, cache: KVCache, positions: Array) -> tuple[Array, KVCache]:
     """Incremental attention (decoding): the S new vectors x [B, S, D] sit at `positions` [B, S]
     of their rows. Their keys and values are written into `cache` there, and each query attends
-    to the cached keys at positions <= its own. Returns (output [B, S, D], updated cache)."""
+    to the cached keys at positions <= its own (S == 1 with a window). Returns (output [B, S, D],
+    updated cache)."""
     q, k, v = self.project(x)
     q, k = self.rotate(q, k, positions)
     heads, cache = self.attend_cached(q, k, v, cache, positions)
     return self.output(heads), cache
 
+  def prefill(self, x: Array, lengths: Array, cache_length: int) -> tuple[Array, KVCache]:
+    """Attention over right-padded prompts x [B, L, D] of `lengths` [B], and the decoding cache
+    they leave for `cache_length` positions per row. Returns (output [B, L, D], cache)."""
+    q, k, v = self.project(x)
+    q, k = self.rotate(q, k, jnp.arange(x.shape[1]))
+    heads, cache = self.attend_prompt(q, k, v, lengths, cache_length)
+    return self.output(heads), cache
+
   def empty_cache(self, batch: int, length: int) -> KVCache:
-    """Zero keys and values for `length` positions per row."""
+    """Zero keys and values for `length` positions per row (a ring of at most `window`)."""
     _, heads, head_dim = self.wk.shape
-    zeros = jnp.zeros((batch, length, heads, head_dim), self.dtype)
+    zeros = jnp.zeros((batch, self.cache_size(length), heads, head_dim), self.dtype)
     return KVCache(k=zeros, v=zeros)
+
+  def cache_size(self, length: int) -> int:
+    """Entries a row's cache holds for `length` positions: all of them, or a ring of W."""
+    return min(self.window, length) if self.window else length
 
   # The steps of a call, for blocks that combine attention with more (compressed.py).
 
@@ -197,18 +213,44 @@ class CausalSelfAttention(nnx.Module):
     return rotary(q, positions, self.rope_theta), rotary(k, positions, self.rope_theta)
 
   def attend(self, q: Array, k: Array, v: Array) -> Array:
-    """Causal attention per head [B, T, H, head_dim] through the configured backend."""
+    """Causal (local, with a window) attention per head [B, T, H, head_dim] through the
+    configured backend."""
     return attention(q, k, v, causal=True, impl=self.impl, block_q=self.block_q,
-                     block_kv=self.block_kv)
+                     block_kv=self.block_kv, window=self.window)
+
+  def attend_prompt(self, q: Array, k: Array, v: Array, lengths: Array,
+                    cache_length: int) -> tuple[Array, KVCache]:
+    """`attend` over right-padded prompts of `lengths` [B] (positions 0..L-1), and the cache
+    they leave: every position, or with a window the last W of each row, in slot s % W."""
+    b, length = q.shape[:2]
+    if not self.window:
+      positions = jnp.broadcast_to(jnp.arange(length), (b, length))
+      return self.attend_cached(q, k, v, self.empty_cache(b, cache_length), positions)
+    size = self.cache_size(cache_length)
+    kept = lengths[:, None] - size + jnp.arange(size)  # Positions the ring keeps; < 0: none yet.
+    index = jnp.clip(kept, 0, length - 1)[..., None, None]
+    slots, rows = kept % size, jnp.arange(b)[:, None]
+    ring = lambda x: jnp.zeros((b, size, *x.shape[2:]), self.dtype).at[rows, slots].set(
+        jnp.take_along_axis(x, index, axis=1).astype(self.dtype))
+    return self.attend(q, k, v), KVCache(k=ring(k), v=ring(v))
 
   def attend_cached(self, q: Array, k: Array, v: Array, cache: KVCache,
                     positions: Array) -> tuple[Array, KVCache]:
     """`attend` for new queries, keys and values at `positions` [B, S] against `cache`: the keys
-    and values are written there first, and each query reads the positions <= its own."""
+    and values are written there first, and each query reads the positions <= its own (and,
+    with a window, one token at a time, the W latest: the ring's slots)."""
     rows = jnp.arange(q.shape[0])[:, None]
-    cache = KVCache(k=cache.k.at[rows, positions].set(k.astype(cache.k.dtype)),
-                    v=cache.v.at[rows, positions].set(v.astype(cache.v.dtype)))
-    mask = jnp.arange(cache.k.shape[1]) <= positions[:, :, None]  # [B, S, cache length]
+    size = cache.k.shape[1]
+    slots = positions % size if self.window else positions
+    cache = KVCache(k=cache.k.at[rows, slots].set(k.astype(cache.k.dtype)),
+                    v=cache.v.at[rows, slots].set(v.astype(cache.v.dtype)))
+    if self.window:
+      assert q.shape[1] == 1, 'a ring cache is extended one position at a time'
+      # Slot j holds the latest position <= t that is j modulo the ring size (< 0: none yet).
+      held = positions - (positions - jnp.arange(size)) % size  # [B, ring size]
+      mask = ((held >= 0) & (held > positions - self.window))[:, None]
+    else:
+      mask = jnp.arange(size) <= positions[:, :, None]  # [B, S, cache length]
     return masked_attention(q, cache.k, cache.v, mask), cache
 
   def output(self, heads: Array) -> Array:
