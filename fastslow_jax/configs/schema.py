@@ -178,9 +178,6 @@ MODEL = {
     'fast_window': Field(0, 'W: the fast attention of token t sees tokens s with t - W < s <= t '
                          '(local; older tokens only through the slow path).',
                          _int(1, (0, 'full causal attention'))),
-    'fast_window': Field(0, 'W: the fast attention of token t sees tokens s with t - W < s <= t '
-                         '(local; older tokens only through the slow path).',
-                         _int(1, (0, 'full causal attention'))),
     # Slow path.
     'P': Field(16, 'Pooling period: one slow step per P tokens (eps = 1/P).', POSITIVE_INT),
     'slow_layers': Field('all', "Layers with a slow path: 'all', 'every:k', '0,2,5' or a tuple "
