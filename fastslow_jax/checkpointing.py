@@ -129,6 +129,17 @@ def _resharded_data_state(mngr: ocp.CheckpointManager, step: int, meta: dict,
   return states[0]
 
 
+def committed_steps(directory) -> list[int]:
+  """The steps whose checkpoints Orbax finished committing in `directory` (oldest first), read
+  from the directory itself: any thread may ask (a save in progress is not among them)."""
+  from orbax.checkpoint._src.path import step as step_lib  # Orbax's own test of a commit.
+  directory = epath.Path(directory)
+  if not directory.exists():
+    return []
+  return sorted(int(p.name) for p in directory.iterdir()
+                if p.name.isdigit() and step_lib.is_path_finalized(p))
+
+
 def restore_params(mngr: ocp.CheckpointManager, step: int, abstract_params):
   """Restores only the parameters, laid out as `abstract_params` (shapes + new shardings)."""
   return mngr.restore(step, args=ocp.args.Composite(

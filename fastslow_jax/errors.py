@@ -13,3 +13,11 @@ class UsageError(ValueError):
 class NonFiniteError(FloatingPointError):
   """Training met a non-finite loss or gradient norm; the message names the step and the last
   good checkpoint. The command line prints it as one line and exits 1."""
+
+
+# Exit statuses of the command line, which the launchers read (launch/README.md).
+EXIT_USAGE = 2  # A UsageError: nothing to retry until the input changes.
+EXIT_NONFINITE = 1  # A NonFiniteError (and any crash): not retried either.
+# Stopped before the end with every complete checkpoint intact (a lost peer process, a preemption
+# signal): rerunning the same command resumes. EX_TEMPFAIL of sysexits.h.
+EXIT_RESUMABLE = 75

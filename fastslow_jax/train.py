@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import signal
+import sys
 import threading
 import time
 from typing import Any, NamedTuple
@@ -24,7 +25,7 @@ import ml_collections
 from absl import flags, logging
 from ml_collections import config_flags
 
-from fastslow_jax import checkpointing, cli, data, metrics, models, runtime
+from fastslow_jax import checkpointing, cli, data, distributed, errors, metrics, models, runtime
 from fastslow_jax.configs import schema
 from fastslow_jax.rundir import RunDir
 from fastslow_jax.errors import NonFiniteError, UsageError
@@ -107,6 +108,12 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, devices=None,
   run = RunDir(workdir)
   run.check(write=True)  # Config, data and the filesystem are checked before anything is written.
   config = runtime.resolve_config(config, len(devices) if devices else None)
+  with distributed.PeerWatch(config.peer_timeout, lambda: resume_line(run)):
+    return _train(config, run, devices, stop_at_step, overwrite, datasets)
+
+
+def _train(config, run: RunDir, devices, stop_at_step, overwrite, datasets) -> dict[str, Any]:
+  """`train` from its resolved config on: data, setup, checks, then the loop."""
   T, batch = config.model.seq_len, config.batch_size
   source = data.source(config.data)
   if datasets is None:
@@ -119,13 +126,21 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, devices=None,
   if jax.process_index() == 0:  # Only once the config and the data have been checked.
     run.create()
 
-  mngr = checkpointing.manager(workdir, save_every=config.checkpoint_every,
+  mngr = checkpointing.manager(run.path, save_every=config.checkpoint_every,
                                keep=config.keep_checkpoints)
   try:
     return _run(config, setup, run, mngr, train_iter, datasets.validation, stop_at_step)
   finally:  # Also on errors: let pending async saves finish.
     mngr.wait_until_finished()
     mngr.close()
+
+
+def resume_line(run: RunDir) -> str:
+  """What a stopped run says about resuming: its last complete checkpoint and the command."""
+  steps = checkpointing.committed_steps(run.checkpoints)
+  where = f'step {steps[-1]} in {run.checkpoints}' if steps else f'none yet in {run.checkpoints}'
+  return (f'the last complete checkpoint is {where}; rerun the same command (every process) to '
+          'resume')
 
 
 def _run(config, setup: runtime.TrainSetup, run: RunDir, mngr, train_iter, val_ds,
@@ -160,6 +175,7 @@ def _run(config, setup: runtime.TrainSetup, run: RunDir, mngr, train_iter, val_d
   bar = metrics.progress(config.total_steps, initial=step)
   guard = NonFiniteGuard(config, mngr)
   last: dict[str, Any] = {}
+  stopped_by = None  # What stopped the run before its end (a signal, a preemption), if anything.
   tick, steps_since = time.perf_counter(), 0
   with (setup.activate(), StopSignals() as stop, metrics.MetricsWriter(run) as writer,
         StepProfiler(config, str(run.tensorboard)) as profiler):
@@ -171,7 +187,7 @@ def _run(config, setup: runtime.TrainSetup, run: RunDir, mngr, train_iter, val_d
       guard.push(step, step_metrics)  # Checks the previous step: dispatch stays ahead.
       bar.update(1)
       if stop.requested(mngr, step):
-        end = step  # Checkpoint below, then leave.
+        end, stopped_by = step, stop.reason  # Checkpoint below, then leave.
         logging.warning('Stopping at step %d on %s; checkpoint in %s. Rerun the same command to '
                         'resume.', step, stop.reason, run.path)
       if step % config.log_every == 0 or step == end:
@@ -191,7 +207,7 @@ def _run(config, setup: runtime.TrainSetup, run: RunDir, mngr, train_iter, val_d
   bar.close()
   if is_main:
     logging.info('Done at step %d: %s', step, json.dumps(last))
-  return last
+  return {**last, 'stopped': stopped_by} if stopped_by else last
 
 
 def _step_record(setup: runtime.TrainSetup, state, step: int, step_metrics, *, steps: int,
@@ -296,7 +312,9 @@ def define_flags() -> None:
 
 def main():
   f = flags.FLAGS
-  train(f.config, f.workdir, stop_at_step=f.stop_at_step, overwrite=f.overwrite)
+  last = train(f.config, f.workdir, stop_at_step=f.stop_at_step, overwrite=f.overwrite)
+  if last.get('stopped'):  # A signal stopped it before the end: the launchers rerun it.
+    sys.exit(errors.EXIT_RESUMABLE)
 
 
 if __name__ == '__main__':

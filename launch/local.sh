@@ -12,12 +12,16 @@
 # i > 0 writes LOG_DIR/process_<i>.log. If one process fails, the others get SIGTERM (SIGKILL
 # after the grace period) and the exit status is the first failure's. SIGINT / SIGTERM / SIGHUP
 # are forwarded to every process (a second one kills them); train then checkpoints and stops.
+#
+# With -r N, a run that ends because a process was lost (killed, or ended by its peers' watch:
+# exit 75) is started again, every process, up to N times; train resumes from the last complete
+# checkpoint. A run that fails otherwise (bad input: 2, a crash or a non-finite loss: 1) is not.
 set -euo pipefail
 
 usage() {
   cat <<'EOF'
 usage: launch/local.sh [-n PROCESSES] [-d DEVICES] [-p PORT] [-l LOG_DIR] [-g SECONDS] \
-                       -- COMMAND [ARGS...]
+                       [-r RESTARTS] -- COMMAND [ARGS...]
 
 Runs COMMAND as PROCESSES cooperating JAX processes on this machine (CPU only).
 
@@ -26,25 +30,30 @@ Runs COMMAND as PROCESSES cooperating JAX processes on this machine (CPU only).
   -p PORT       coordinator port on 127.0.0.1 (default: a free port)
   -l LOG_DIR    directory for process_<i>.log, i > 0 (default: WORKDIR/logs when COMMAND has
                 --workdir=WORKDIR on a local path, else a new temporary directory)
-  -g SECONDS    grace period between SIGTERM and SIGKILL when stopping processes (default 30)
+  -g SECONDS    grace period between SIGTERM and SIGKILL when stopping processes (default 60:
+                longer than train's peer timeout, 30 s, so survivors of a lost process end
+                with their own line)
+  -r RESTARTS   start every process again, up to RESTARTS times, when a run ends by a lost
+                process (killed by a signal) or a resumable stop (exit 75) (default 0)
   -h, --help    this help
 
-Exit status: 0 if every process succeeded, else the first failure's status (128+signal when
-interrupted); 2 for bad arguments.
+Exit status: 0 if every process succeeded, else the first failure's status of the last attempt
+(128+signal when interrupted); 2 for bad arguments.
 EOF
 }
 
 die() { echo "local.sh: error: $*" >&2; exit 2; }
 
 [[ "${1:-}" == "--help" ]] && { usage; exit 0; }
-processes=2 devices=4 port="" log_dir="" grace=30
-while getopts ":n:d:p:l:g:h" opt; do
+processes=2 devices=4 port="" log_dir="" grace=60 restarts=0
+while getopts ":n:d:p:l:g:r:h" opt; do
   case "$opt" in
     n) processes=$OPTARG ;;
     d) devices=$OPTARG ;;
     p) port=$OPTARG ;;
     l) log_dir=$OPTARG ;;
     g) grace=$OPTARG ;;
+    r) restarts=$OPTARG ;;
     h) usage; exit 0 ;;
     :) usage >&2; die "-$OPTARG needs a value" ;;
     *) usage >&2; die "unknown option -$OPTARG" ;;
@@ -56,15 +65,19 @@ shift $((OPTIND - 1))
 [[ "$processes" =~ ^[1-9][0-9]*$ ]] || die "-n takes a positive integer, got '$processes'"
 [[ "$devices" =~ ^[1-9][0-9]*$ ]] || die "-d takes a positive integer, got '$devices'"
 [[ "$grace" =~ ^[0-9]+$ ]] || die "-g takes a number of seconds, got '$grace'"
+[[ "$restarts" =~ ^[0-9]+$ ]] || die "-r takes a number of restarts, got '$restarts'"
 if [[ -n "$port" ]] && ! { [[ "$port" =~ ^[1-9][0-9]*$ ]] && ((port < 65536)); }; then
   die "-p takes a port number (1-65535), got '$port'"
 fi
 
-if [[ -z "$port" ]]; then
+fixed_port=$port
+free_port() {  # A port nobody listens on now (each attempt gets its own coordinator).
+  local python
   python=$(command -v python3 || command -v python) || die "no python3 to find a free port: use -p"
-  port=$("$python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0))
-print(s.getsockname()[1])')
-fi
+  "$python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0))
+print(s.getsockname()[1])'
+}
+[[ -n "$port" ]] || port=$(free_port)
 # Default log directory: WORKDIR/logs for a local --workdir=WORKDIR (or --workdir WORKDIR).
 if [[ -z "$log_dir" ]] && ((processes > 1)); then
   workdir="" previous=""
@@ -95,21 +108,16 @@ start() {  # start I COMMAND...: process I, in the background.
   export JAX_COORDINATOR_ADDRESS="127.0.0.1:$port" JAX_NUM_PROCESSES="$processes" \
     JAX_PROCESS_ID="$i" JAX_PLATFORMS=cpu \
     XLA_FLAGS="${XLA_FLAGS:-} --xla_force_host_platform_device_count=$devices"  # Last wins.
-  if ((i == 0)); then
-    exec ${setsid[@]+"${setsid[@]}"} "$@"
-  else
-    exec ${setsid[@]+"${setsid[@]}"} "$@" >"$log_dir/process_$i.log" 2>&1
+  if ((i == 0)); then  # Its stderr is the terminal's (fd 3), like this script's messages.
+    exec ${setsid[@]+"${setsid[@]}"} "$@" 2>&3 3>&-
+  else  # Appended: a restarted run's processes continue their logs.
+    exec ${setsid[@]+"${setsid[@]}"} "$@" >>"$log_dir/process_$i.log" 2>&1 3>&-
   fi
 }
-pids=()
-for ((i = 0; i < processes; i++)); do
-  start "$i" "$@" &
-  pids+=("$!")
-done
 # From here on, messages go to fd 3: bash's own "Killed" job reports to stderr are dropped.
 exec 3>&2 2>/dev/null
 
-running=("${pids[@]}")
+pids=() running=() statuses=()
 signal_all() {  # signal_all SIG: every process still running (its whole session with setsid).
   local pid
   for pid in ${running[@]+"${running[@]}"}; do
@@ -120,7 +128,7 @@ signal_all() {  # signal_all SIG: every process still running (its whole session
     fi
   done
 }
-status=0 interrupted=0 deadline="" others=""
+interrupted=0 deadline="" others=""
 ((processes == 1)) || others="; stopping the others (logs: $log_dir)"
 stop() {  # stop SIG: ask every process to stop; SIGKILL after the grace period.
   signal_all "$1"
@@ -141,31 +149,83 @@ trap 'on_signal INT 2' INT
 trap 'on_signal TERM 15' TERM
 trap 'on_signal HUP 1' HUP
 
-while ((${#running[@]} > 0)); do
-  still=() ended=()
-  for pid in "${running[@]}"; do
-    if kill -0 "$pid" 2>/dev/null; then still+=("$pid"); else ended+=("$pid"); fi
+attempt() {  # attempt COMMAND...: every process once; statuses[i] is process i's exit status,
+  local i pid code  # status the first failure's in the order they ended (0: none).
+  pids=() statuses=() deadline="" status=0
+  for ((i = 0; i < processes; i++)); do
+    start "$i" "$@" &
+    pids+=("$!")
+    statuses+=(0)
   done
-  running=(${still[@]+"${still[@]}"})
-  for pid in ${ended[@]+"${ended[@]}"}; do
-    code=0
-    wait "$pid" || code=$?
-    ((code == 0)) && continue
-    for i in "${!pids[@]}"; do [[ "${pids[i]}" == "$pid" ]] && break; done
-    if [[ -n "$deadline" ]]; then  # Already stopping.
-      echo "local.sh: process $i exited with status $code" >&3
-    else
-      echo "local.sh: process $i exited with status $code$others" >&3
-      stop TERM
+  running=("${pids[@]}")
+  while ((${#running[@]} > 0)); do
+    local still=() ended=()
+    for pid in "${running[@]}"; do
+      if kill -0 "$pid" 2>/dev/null; then still+=("$pid"); else ended+=("$pid"); fi
+    done
+    running=(${still[@]+"${still[@]}"})
+    for pid in ${ended[@]+"${ended[@]}"}; do
+      code=0
+      wait "$pid" || code=$?
+      ((code == 0)) && continue
+      for i in "${!pids[@]}"; do [[ "${pids[i]}" == "$pid" ]] && break; done
+      statuses[i]=$code
+      ((status != 0)) || status=$code
+      if [[ -n "$deadline" ]]; then  # Already stopping.
+        echo "local.sh: process $i exited with status $code" >&3
+      else
+        echo "local.sh: process $i exited with status $code$others" >&3
+        stop TERM
+      fi
+    done
+    if [[ -n "$deadline" ]] && ((SECONDS >= deadline && ${#running[@]} > 0)); then
+      echo "local.sh: ${#running[@]} process(es) still running after ${grace}s: SIGKILL" >&3
+      signal_all KILL
+      deadline=$((SECONDS + 3600))
     fi
-    ((status != 0)) || status=$code
+    ((${#running[@]} == 0)) || sleep 0.2
   done
-  if [[ -n "$deadline" ]] && ((SECONDS >= deadline && ${#running[@]} > 0)); then
-    echo "local.sh: ${#running[@]} process(es) still running after ${grace}s: SIGKILL" >&3
-    signal_all KILL
-    deadline=$((SECONDS + 3600))
+}
+
+resumable() {  # Every failure is a lost process (killed by a signal) or a resumable stop (75).
+  local code any=0
+  for code in "${statuses[@]}"; do
+    case "$code" in
+      0) ;;
+      75|134|137|143) any=1 ;;  # 134: JAX's coordination service aborting a survivor.
+      *) return 1 ;;
+    esac
+  done
+  ((any))
+}
+describe() {  # "process 1: 137, process 0: 75" for the processes that failed.
+  local i text=""
+  for i in "${!statuses[@]}"; do
+    ((statuses[i] == 0)) || text+="${text:+, }process $i: ${statuses[i]}"
+  done
+  echo "$text"
+}
+
+used=0
+while true; do
+  attempt "$@"
+  if ((status == 0 || interrupted)) || ! resumable || ((used >= restarts)); then
+    break
   fi
-  ((${#running[@]} == 0)) || sleep 0.2
+  used=$((used + 1))
+  echo "local.sh: attempt $used ended by a lost process ($(describe)); restarting every" \
+    "process (restart $used of $restarts)" >&3
+  [[ -n "$fixed_port" ]] || port=$(free_port)
 done
+if ((restarts > 0)); then
+  if ((status == 0)); then
+    echo "local.sh: finished; $used of $restarts restart(s) used" >&3
+  else
+    why="not resumable"
+    ((interrupted)) && why="interrupted"
+    resumable && ((!interrupted)) && why="no restart left"
+    echo "local.sh: failed ($(describe); $why); $used of $restarts restart(s) used" >&3
+  fi
+fi
 if ((status == 0 && interrupted)); then status=$((128 + interrupted)); fi
 exit "$status"

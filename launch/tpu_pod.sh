@@ -44,11 +44,16 @@ options:
                          stream of all workers in all-workers.log, and one log per worker
   --skip-install         run the copy already installed on the workers
   --delete-after         delete the TPU VM when the run ends (whatever its outcome)
+  --max-restarts=N       run again, up to N times, when the run ends resumably: a lost worker
+                         (its host gone, or killed), a worker stopped by its peers' watch or
+                         by a preemption signal (exit 75), or a preempted slice, which is
+                         deleted, created again (as a Spot slice with --spot) and reinstalled;
+                         never after bad input (2) or a crash / non-finite loss (1) (default 0)
   --stop                 send SIGTERM to a run started earlier (it checkpoints and exits) and
                          wait for it (SIGKILL after 10 minutes); no ARGS
   -h, --help             this help
 
-Exit status: the run's (non-zero if any worker failed); 2 for bad arguments.
+Exit status: the run's last attempt's (non-zero if any worker failed); 2 for bad arguments.
 EOF
 }
 
@@ -56,7 +61,7 @@ die() { echo "tpu_pod.sh: error: $*" >&2; exit 2; }
 
 project=${CLOUDSDK_CORE_PROJECT:-} zone=${CLOUDSDK_COMPUTE_ZONE:-} tpu=${TPU_NAME:-}
 accelerator="" version="" spot=() module=fastslow_jax.train envs=() repo_dir=fastslow-jax
-log_dir="" install=1 delete_after=0 stop_only=0
+log_dir="" install=1 delete_after=0 stop_only=0 max_restarts=0
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --project=*) project=${1#*=} ;;
@@ -71,6 +76,7 @@ while [[ $# -gt 0 ]]; do
     --log-dir=*) log_dir=${1#*=} ;;
     --skip-install) install=0 ;;
     --delete-after) delete_after=1 ;;
+    --max-restarts=*) max_restarts=${1#*=} ;;
     --stop) stop_only=1 ;;
     -h|--help) usage; exit 0 ;;
     --) shift; break ;;
@@ -85,6 +91,8 @@ args=("$@")
 [[ "$module" =~ ^[A-Za-z_][A-Za-z0-9_.]*$ ]] || die "--module takes a Python module, got '$module'"
 [[ "$repo_dir" =~ ^[A-Za-z0-9._/-]+$ && "$repo_dir" != /* ]] ||
   die "--repo-dir must be a plain path relative to the home directory, got '$repo_dir'"
+[[ "$max_restarts" =~ ^[0-9]+$ ]] ||
+  die "--max-restarts takes a number of restarts, got '$max_restarts'"
 for env in ${envs[@]+"${envs[@]}"}; do
   [[ "$env" =~ ^[A-Za-z_][A-Za-z0-9_]*= ]] || die "--env takes NAME=VALUE, got '$env'"
 done
@@ -115,12 +123,19 @@ log_dir=${log_dir:-$here/logs/tpu-$tpu-${run#run-}}
 mkdir -p "$log_dir"
 
 # 1. Create the slice, or reuse it.
-if ! state=$("${gc[@]}" describe "$tpu" --zone="$zone" --format='value(state)' 2>&1); then
-  # A missing TPU is NOT_FOUND; anything else (auth, API, project) is gcloud's own message.
-  [[ "$state" == *NOT_FOUND* || "$state" == *"not found"* ]] || die "gcloud: $state"
-  state=""
-fi
-if [[ -z "$state" ]]; then
+slice_state() {  # Sets state (READY, PREEMPTED, ...; '' when the slice does not exist).
+  local out
+  if ! out=$("${gc[@]}" describe "$tpu" --zone="$zone" --format='value(state,acceleratorType)' \
+      2>&1); then
+    # A missing TPU is NOT_FOUND; anything else (auth, API, project) is gcloud's own message.
+    [[ "$out" == *NOT_FOUND* || "$out" == *"not found"* ]] || die "gcloud: $out"
+    out=""
+  fi
+  read -r state type <<<"$out" || true
+  # Remembered, to create the slice again should it be preempted.
+  [[ -n "$accelerator" || -z "${type:-}" ]] || accelerator=$type
+}
+create_slice() {
   [[ -n "$accelerator" ]] ||
     die "TPU VM $tpu does not exist in $zone: give --accelerator-type to create it"
   if [[ -z "$version" ]]; then
@@ -134,6 +149,10 @@ if [[ -z "$state" ]]; then
   echo "Creating TPU VM $tpu ($accelerator, $version) in $zone ..."
   "${gc[@]}" create "$tpu" --zone="$zone" --accelerator-type="$accelerator" --version="$version" \
     ${spot[@]+"${spot[@]}"}
+}
+slice_state
+if [[ -z "$state" ]]; then
+  create_slice
 elif [[ "$state" != READY ]]; then
   die "TPU VM $tpu is $state, not READY: start it (gcloud compute tpus tpu-vm start $tpu" \
     "--zone=$zone) or, if preempted, delete it (... delete $tpu --zone=$zone) and rerun"
@@ -144,7 +163,7 @@ fi
 # 2. Ship this checkout (tracked and untracked files, not ignored ones) to every worker; install
 #    it in a Python 3.12 virtualenv (made by uv, which fetches 3.12 if the image lacks it) with
 #    JAX for TPU. A virtualenv from an earlier install is kept and updated.
-if ((install)); then
+install_all() {
   archive=$(mktemp "${TMPDIR:-/tmp}/fastslow-XXXXXX")
   if git -C "$here" rev-parse --is-inside-work-tree >/dev/null 2>&1; then
     (cd "$here" && git ls-files -z --cached --others --exclude-standard |
@@ -165,9 +184,11 @@ if ((install)); then
       python3 -m pip install -q --user --break-system-packages uv
     uv venv -q --allow-existing --python 3.12 .venv
     uv pip install -q --python .venv/bin/python -e '.[gcs]' 'jax[tpu]'"
-fi
+}
+((install == 0)) || install_all
 
-# 3. The same command on every worker, under nohup; this stream shows all workers' output.
+# 3. The same command on every worker, under nohup; this stream shows all workers' output. Each
+#    worker records the run's exit status in logs/RUN.status.
 quoted=$(printf ' %q' "${args[@]}")
 env_quoted=""
 ((${#envs[@]} == 0)) || env_quoted=$(printf ' %q' "${envs[@]}")
@@ -180,12 +201,13 @@ if [ \"\$workers\" -gt 1 ]; then
   export JAX_COORDINATOR_ADDRESS=\$(printf '%s' \"\${endpoints%%,*}\" | awk -F: '{print \$NF}'):8482
   export JAX_NUM_PROCESSES=\$workers JAX_PROCESS_ID=\$(md agent-worker-number)
 fi
-: > logs/$run.log
-nohup env${env_quoted} .venv/bin/python -m $module${quoted} > logs/$run.log 2>&1 < /dev/null &
+: >> logs/$run.log; rm -f logs/$run.status
+offset=\$((\$(wc -c < logs/$run.log) + 1))  # This attempt's output: a restart appends.
+nohup env${env_quoted} .venv/bin/python -m $module${quoted} >> logs/$run.log 2>&1 < /dev/null &
 pid=\$!; echo \$pid > logs/run.pid
-tail -n +1 -f --pid=\$pid logs/$run.log || true
+tail -c +\$offset -f --pid=\$pid logs/$run.log || true
 wait \$pid && rc=0 || rc=\$?
-rm -f logs/run.pid
+echo \$rc > logs/$run.status; rm -f logs/run.pid
 exit \$rc"
 for arg in "${args[@]}"; do
   if [[ "$arg" == --workdir=* && "$arg" != --workdir=gs://* ]]; then
@@ -197,14 +219,56 @@ echo "Running on every worker of $tpu: python -m $module${quoted}"
 echo "Logs: $log_dir (Ctrl-C stops the run with a checkpoint)"
 interrupted=0
 trap 'interrupted=1' INT
-status=0
-on_all "$remote" 2>&1 | tee "$log_dir/all-workers.log" || status=$?
-if ((interrupted)); then
-  echo "Interrupted: sending SIGTERM to the run on every worker; waiting for it to exit ..."
-  trap - INT
-  stop_remote || true
-  status=130
-fi
+worker_statuses() {  # One line per worker: its run's exit status, or 'lost' when there is none.
+  on_all "cat $repo_dir/logs/$run.status 2>/dev/null || echo lost" 2>/dev/null | grep -Ex '[0-9]+|lost' ||
+    echo lost
+}
+resumable() {  # Sets why; true when every failure was a lost worker or a resumable stop.
+  local code
+  slice_state
+  if [[ "$state" != READY ]]; then
+    why="the slice is ${state:-gone} (preempted)"
+    return 0
+  fi
+  why=""
+  for code in $(worker_statuses); do
+    case "$code" in
+      0) continue ;;
+      lost|75|134|137|143|255) why+="${why:+, }$code" ;;
+      *) why="a worker failed with status $code"; return 1 ;;
+    esac
+  done
+  [[ -n "$why" ]] || { why="the run failed (status $status)"; return 1; }
+  why="a lost or stopped worker (statuses: $why)"
+}
+used=0
+while true; do
+  status=0
+  on_all "$remote" 2>&1 | tee -a "$log_dir/all-workers.log" || status=$?
+  if ((interrupted)); then
+    echo "Interrupted: sending SIGTERM to the run on every worker; waiting for it to exit ..."
+    trap - INT
+    stop_remote || true
+    status=130
+    break
+  fi
+  ((status != 0)) || break
+  if ! resumable; then
+    ((max_restarts == 0)) || echo "tpu_pod.sh: not restarting: $why" >&2
+    break
+  fi
+  if ((used >= max_restarts)); then
+    ((max_restarts == 0)) || echo "tpu_pod.sh: $why; no restart left" >&2
+    break
+  fi
+  used=$((used + 1))
+  echo "tpu_pod.sh: the run ended: $why; restarting it (restart $used of $max_restarts)" >&2
+  if [[ "$state" != READY ]]; then
+    [[ -z "$state" ]] || "${gc[@]}" delete "$tpu" --zone="$zone" --quiet
+    create_slice
+    install_all
+  fi
+done
 
 # 4. Each worker's own log, whatever the outcome (one file per worker in the log directory).
 on_all "cat $repo_dir/logs/$run.log" --output-directory="$log_dir" >/dev/null 2>&1 ||
@@ -212,5 +276,5 @@ on_all "cat $repo_dir/logs/$run.log" --output-directory="$log_dir" >/dev/null 2>
 if ((delete_after)); then
   "${gc[@]}" delete "$tpu" --zone="$zone" --quiet
 fi
-echo "Done (status $status). Logs: $log_dir"
+echo "Done (status $status; $used of $max_restarts restart(s) used). Logs: $log_dir"
 exit "$status"

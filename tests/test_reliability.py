@@ -16,7 +16,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from conftest import subprocess_env, tiny_config
-from fastslow_jax import configlib, metrics, train
+from fastslow_jax import configlib, errors, metrics, train
 from fastslow_jax.configs import schema
 from fastslow_jax.errors import UsageError
 
@@ -245,7 +245,7 @@ def wait_for_step(workdir, step, process, timeout=240):
 
 
 @pytest.mark.slow
-def test_sigterm_checkpoints_and_exits_0(tmp_path):
+def test_sigterm_checkpoints_and_exits_resumable(tmp_path):
   workdir = tmp_path / 'run'
   log = tmp_path / 'train.log'
   process = start(train_command(workdir, '--config.total_steps=100000',
@@ -254,7 +254,7 @@ def test_sigterm_checkpoints_and_exits_0(tmp_path):
   process.send_signal(signal.SIGTERM)
   process.wait(timeout=120)
   stderr = log.read_text()
-  assert process.returncode == 0, stderr[-2000:]
+  assert process.returncode == errors.EXIT_RESUMABLE, stderr[-2000:]  # The launchers rerun it.
   assert 'Rerun the same command to resume' in stderr
   with ocp.CheckpointManager(workdir / 'checkpoints') as mngr:
     stopped_at = mngr.latest_step()

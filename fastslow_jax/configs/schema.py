@@ -156,6 +156,9 @@ TOP = {
     'profile_start_step': Field(0, 'First step of a jax.profiler trace in the run\'s tensorboard '
                                 'directory.', _int(1, (0, 'no profile'))),
     'profile_steps': Field(5, 'Steps the trace spans.', POSITIVE_INT),
+    'peer_timeout': Field(30.0, 'Multi-process runs: seconds without a heartbeat from a peer after '
+                          'which it counts as lost and this process stops (exit 75, resumable).',
+                          POSITIVE),
     'sharding_rules': Field(SHARDING_RULES, 'Logical axis -> mesh axes (`sharding`).',
                             kind=(tuple, list), execution_only=True),
 }
