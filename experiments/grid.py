@@ -79,8 +79,13 @@ def parse_overrides(items: Sequence[str] | str | None) -> dict[str, Any]:
 
 
 def data_label(spec: str) -> str:
-  """'synthetic' -> 'synthetic'; a text path -> its file stem."""
-  return 'synthetic' if spec == 'synthetic' else pathlib.Path(spec.split(',')[0]).stem
+  """'synthetic' -> 'synthetic'; a text path or a prepared directory -> its file stem."""
+  return 'synthetic' if spec == 'synthetic' else pathlib.Path(spec.split(',')[0].rstrip('/')).stem
+
+
+def is_prepared(spec: str) -> bool:
+  """Whether `spec` is a directory written by `fastslow_jax.data.prepare` (the `tokens` kind)."""
+  return (pathlib.Path(spec).expanduser() / 'dataset.json').is_file()
 
 
 def make_config(arm: str, *, size: str = 'cpu', P: int = 16, seed: int = 0,
@@ -89,7 +94,9 @@ def make_config(arm: str, *, size: str = 'cpu', P: int = 16, seed: int = 0,
                 ) -> ml_collections.ConfigDict:
   """A training config of configs/fastslow.py for one run of a grid.
 
-  `size` is a config size or a PRESETS name; `data_spec` is 'synthetic' or text file(s);
+  `size` is a config size or a PRESETS name; `data_spec` is 'synthetic', text file(s) or a
+  directory prepared by `fastslow_jax.data.prepare` (any tokenizer, read without repeating an
+  epoch as long as the budget is below the split's tokens);
   `total_steps` is the token budget over batch_size * seq_len (rounded up); the run validates on
   the whole validation set `evals` times and checkpoints `checkpoints` times (for probes).
   `overrides` (dotted fields) come last and win.
@@ -98,7 +105,8 @@ def make_config(arm: str, *, size: str = 'cpu', P: int = 16, seed: int = 0,
   config = configlib.load(f'fastslow:arm={arm},size={base},P={P}', preset)
   config.seed = seed
   if data_spec != 'synthetic':
-    config.data.kind, config.data.path = 'text', data_spec
+    config.data.kind = 'tokens' if is_prepared(data_spec) else 'text'
+    config.data.path = data_spec
   explicit = overrides or {}
   for key, value in explicit.items():
     configlib.set_field(config, key, value)
@@ -124,13 +132,31 @@ def validation_windows(config: ml_collections.ConfigDict) -> tuple[int, int]:
   return batches * config.batch_size, len(ds)
 
 
+def _scored_windows(config: ml_collections.ConfigDict) -> int:
+  return min(config.eval_batches, config.data.num_val_windows // config.batch_size) * (
+      config.batch_size)
+
+
 def bayes_optimum(config: ml_collections.ConfigDict) -> float | None:
   """The Bayes-optimal validation loss over the windows a synthetic run was scored on."""
   if config.data.kind != 'synthetic':
     return None
-  windows = min(config.eval_batches, config.data.num_val_windows // config.batch_size)
   return data.source(config.data).bayes_optimal_ce(seq_len=config.model.seq_len,
-                                                   num_windows=windows * config.batch_size)
+                                                   num_windows=_scored_windows(config))
+
+
+def headroom(config: ml_collections.ConfigDict, Ps: Sequence[int] = ()) -> dict | None:
+  """What the synthetic source's past is worth on the windows a run was scored on (nats per
+  token): the exact optimum with the whole past, ignoring the regime (a bigram), and with only
+  the last block of P tokens for each P (default the config's). None for other sources."""
+  if config.data.kind != 'synthetic':
+    return None
+  source, kw = data.source(config.data), dict(seq_len=config.model.seq_len,
+                                              num_windows=_scored_windows(config))
+  return {'whole_past': source.bayes_optimal_ce(**kw),
+          'regime_blind': source.bayes_optimal_ce(window=1, **kw),
+          'last_block': {int(P): source.bayes_optimal_ce(window=int(P), **kw)
+                         for P in (Ps or (config.model.P,))}}
 
 
 # --------------------------------------------------------------------------- flags

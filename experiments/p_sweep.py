@@ -284,6 +284,7 @@ def render(numbers: dict[str, Any], out_dir: pathlib.Path, rerendered: bool = Fa
            report.markdown_table(HEADER, results_rows(s, comps))]
   if optimum is not None:
     lines.append(f'Bayes-optimal loss on the same validation windows: {optimum:.4f} nats/token.\n')
+  lines.append(report.headroom_text(numbers.get('headroom')))
   if numbers.get('timing_note'):
     lines.append(f'Step-time benchmark: {numbers["timing_note"]}.\n')
   if comps:
@@ -304,7 +305,8 @@ def write(results, *, Ps, root: pathlib.Path, out_dir: pathlib.Path, command: st
                                                       sum(r['wall_s'] for r in results)),
       'config': results[0]['config'], 'validation': grid.validation_windows(config),
       'root': repo.display_path(root), 'summary': summarise(results, Ps, timing),
-      'optimum': grid.bayes_optimum(config), 'timing_note': timing_note,
+      'optimum': grid.bayes_optimum(config), 'headroom': grid.headroom(config, Ps),
+      'timing_note': timing_note,
       'runs': grid.without_configs(results)}
   return render(numbers, out_dir)
 

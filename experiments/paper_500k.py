@@ -357,6 +357,7 @@ def group_section(group: str, numbers: dict[str, Any], comps: dict[str, stats.Co
   lines = [f'## {group}\n', report.markdown_table(header, rows)]
   if opt is not None:
     lines.append(f'Bayes-optimal loss on the same validation windows: {opt:.4f} nats/token.\n')
+  lines.append(report.headroom_text(numbers.get('headroom', {}).get(group)))
   if numbers['timing_notes'].get(group):
     lines.append(f'Step-time benchmark: {numbers["timing_notes"][group]}.\n')
   lines.append(report.comparisons_table(comps))
@@ -416,7 +417,8 @@ def write(results, *, root: pathlib.Path, out_dir: pathlib.Path, command: str, t
       'config': results[0]['config'], 'params': {g: _params(c) for g, c in configs.items()},
       'validation': {g: grid.validation_windows(c) for g, c in configs.items()},
       'root': repo.display_path(root), 'summary': summarise(results, groups, timing),
-      'optima': optima, 'timing_notes': timing_notes or {}, 'runs': grid.without_configs(results)}
+      'optima': optima, 'headroom': {g: grid.headroom(c) for g, c in configs.items()},
+      'timing_notes': timing_notes or {}, 'runs': grid.without_configs(results)}
   return render(numbers, out_dir)
 
 

@@ -203,3 +203,19 @@ def load_results(out_dir: str | os.PathLike) -> dict[str, Any]:
   if not path.exists():
     raise UsageError(f'--report_only needs {path}: run the experiment once without it.')
   return json.loads(path.read_text())
+
+
+def headroom_text(h: dict | None) -> str:
+  """What a slow path could gain on a synthetic source, from `grid.headroom`'s numbers ('' for
+  other sources)."""
+  if not h:
+    return ''
+  blocks = '; '.join(f'only the last block of P={P} tokens {v:.4f} (+{v - h["whole_past"]:.4f})'
+                     for P, v in sorted(((int(P), v) for P, v in h['last_block'].items())))
+  most = max(v for v in h['last_block'].values()) - h['whole_past']
+  return (f'Headroom (the exact optima on the same validation windows): the whole past '
+          f'{h["whole_past"]:.4f} nats/token; {blocks}; ignoring the regime '
+          f'{h["regime_blind"]:.4f} (+{h["regime_blind"] - h["whole_past"]:.4f}). A slow path '
+          f'can gain at most {most:.4f} nats over a model that sees only the last block, and '
+          'the regime is worth '
+          f'{h["regime_blind"] - h["whole_past"]:.4f} nats in all.\n')

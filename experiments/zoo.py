@@ -148,7 +148,8 @@ def summarise(results: list[dict[str, Any]], timing: dict[str, dict[str, float]]
     out[group] = {'models': {name: dataclasses.asdict(_model_summary(
                       rs, step[name], step['dense'], per_byte, optimum))
                              for name, rs in by_model.items()},
-                  'optimum': optimum, 'tokens': by_model['dense'][0]['tokens'],
+                  'optimum': optimum, 'headroom': grid.headroom(config),
+                  'tokens': by_model['dense'][0]['tokens'],
                   'steps': by_model['dense'][0]['steps']}
   return out
 
@@ -291,6 +292,7 @@ def group_section(group: str, s: dict[str, Any], comps: dict[str, stats.Comparis
            report.markdown_table(header, rows)]
   if s['optimum'] is not None:
     lines.append(f'Bayes-optimal loss on the same validation windows: {s["optimum"]:.4f} nats.\n')
+  lines.append(report.headroom_text(s.get('headroom')))
   lines.append(report.comparisons_table(comps))
   return '\n'.join(lines)
 
