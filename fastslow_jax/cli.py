@@ -89,16 +89,24 @@ def define_checked(*define_flags: Callable[[], None]) -> None:
   check_flag_ranges(set(flags.FLAGS) - before)
 
 
-def run(main: Callable[[], None], define_flags: Callable[[], None]) -> None:
-  """Defines the flags, parses them, starts JAX's multi-process runtime if needed, runs `main`."""
+def command(argv: list[str], commands: tuple[str, ...]) -> str:
+  """The one positional argument, among `commands` (`python -m module COMMAND --flags`)."""
+  if len(argv) != 1 or argv[0] not in commands:
+    raise UsageError(f'give one command, {" or ".join(commands)} (got {" ".join(argv) or "none"}).')
+  return argv[0]
+
+
+def run(main: Callable[..., None], define_flags: Callable[[], None],
+        commands: tuple[str, ...] = ()) -> None:
+  """Defines the flags, parses them, starts JAX's multi-process runtime if needed, runs `main`
+  (with `commands`: `main(command)`, the positional argument naming one of them)."""
   define_checked(define_flags, distributed.define_flags)
 
   def wrapped(argv):
-    del argv
     quiet_library_logs()
     distributed.initialize_from_flags()
     try:
-      main()
+      main(command(argv[1:], commands)) if commands else main()
     except UsageError as e:  # Bad config or input, a damaged checkpoint.
       error(e)
     except NonFiniteError as e:  # The run stopped at a good checkpoint.

@@ -27,6 +27,7 @@ from ml_collections import config_flags
 
 from fastslow_jax import checkpointing, cli, data, distributed, errors, metrics, models, runtime
 from fastslow_jax.configs import schema
+from fastslow_jax.interop import retrofit
 from fastslow_jax.rundir import RunDir
 from fastslow_jax.errors import NonFiniteError, UsageError
 
@@ -123,6 +124,8 @@ def _train(config, run: RunDir, devices, stop_at_step, overwrite, datasets) -> d
                                   shard_count=jax.process_count(), shuffle=config.data.shuffle)
   setup = runtime.TrainSetup(config, devices)
   check_workdir(run, config, source, overwrite)
+  if config.init_from and not run.has_checkpoints():  # A new run: check its source up front.
+    retrofit.check(config)
   if jax.process_index() == 0:  # Only once the config and the data have been checked.
     run.create()
 
@@ -153,6 +156,9 @@ def _run(config, setup: runtime.TrainSetup, run: RunDir, mngr, train_iter, val_d
                                          batch_size=batch)
   if state is None:
     state = setup.init_state()
+    if config.init_from:  # Shared parameters from a pretrained model, the rest fresh.
+      state = state.replace(params=retrofit.load_shared(model_cfg, state.params,
+                                                        retrofit.check(config)))
   step = int(state.step)
   if is_main:  # The run is now committed to this config.
     run.write_config(config)

@@ -180,7 +180,7 @@ def test_numeric_flags_must_declare_a_range():
 @pytest.mark.parametrize('module', ['fastslow_jax.train', 'fastslow_jax.evaluate',
                                     'fastslow_jax.generate', 'fastslow_jax.data.prepare',
                                     'fastslow_jax.demo', 'fastslow_jax.distributed',
-                                    'launch.aot_compile', 'launch.fits'])
+                                    'fastslow_jax.convert', 'launch.aot_compile', 'launch.fits'])
 def test_every_entry_point_bounds_its_numeric_flags(module):
   define = __import__(module, fromlist=['define_flags']).define_flags
   before = set(flags.FLAGS)

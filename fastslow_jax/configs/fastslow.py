@@ -5,7 +5,9 @@ r"""Every model family and ablation arm of the zoo, at every size: one config fi
         --config.total_steps=500 --config.data.kind=text --config.data.path=input.txt
 
 The argument after ':' picks `family` (fastslow | hourglass | compressed), `arm` (dense |
-coupled | gate_frozen | slow_frozen), `size` (tiny | small | 124m | 350m | 1b) and `P`. Every
+coupled | gate_frozen | slow_frozen), `size` (tiny | small | 124m | 350m | 1b) and `P`, and
+`init_from`: a pretrained dense model (a Hugging Face Llama directory or a dense run) whose
+architecture replaces the size's and whose parameters the run starts from. Every
 field starts at its declared default (`configs/schema.py`, where each is documented); this file
 sets only what differs per size. Any field can then be overridden with `--config.<field>=<value>`;
 the config is locked, so a misspelt field is an error. Every size works for every family.
@@ -51,7 +53,8 @@ _TRAIN_SIZES = {
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """Config for `family`, `arm`, `size` and `P` given as 'family=fastslow,arm=coupled,size=tiny,
   P=16' (each optional)."""
-  arg = configlib.parse_arg(arg, family='fastslow', arm='coupled', size='tiny', P=16)
+  arg = configlib.parse_arg(arg, family='fastslow', arm='coupled', size='tiny', P=16,
+                            init_from='')
   if arg.size not in _MODEL_SIZES:
     raise UsageError(f'size={arg.size!r} is unknown: choose one of '
                             f'{", ".join(_MODEL_SIZES)}.')
@@ -65,5 +68,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.optim.lr = train['lr']
   config.optim.warmup_steps = min(1000, train['total_steps'] // 10)
   config.mesh.data, config.mesh.fsdp, config.mesh.tensor = train.get('mesh', (-1, 1, 1))
+  if arg.init_from:  # A pretrained dense model: its architecture replaces the size's.
+    from fastslow_jax.interop import sources  # Imports no jax.
+    sources.adopt(config, arg.init_from)
   config.lock()
   return config

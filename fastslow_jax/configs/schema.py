@@ -153,6 +153,11 @@ TOP = {
     'eval_batches': Field(8, 'Global batches per validation loss.', POSITIVE_INT),
     'checkpoint_every': Field(100, 'Steps between checkpoints.', POSITIVE_INT),
     'keep_checkpoints': Field(3, 'Checkpoints kept.', POSITIVE_INT),
+    'init_from': Field('', 'A pretrained dense model a new run starts from (a resumed run '
+                       'ignores it): a Hugging Face Llama directory or a dense run\'s workdir; its '
+                       'shared parameters are loaded, the rest fresh (interop/retrofit.py).'),
+    'init_from_step': Field(-1, 'The checkpoint of an init_from run.',
+                            _int(0, (-1, 'its latest'))),
     'profile_start_step': Field(0, 'First step of a jax.profiler trace in the run\'s tensorboard '
                                 'directory.', _int(1, (0, 'no profile'))),
     'profile_steps': Field(5, 'Steps the trace spans.', POSITIVE_INT),

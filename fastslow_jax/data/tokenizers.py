@@ -52,6 +52,7 @@ class Tokenizer:
   vocab_size: int
   eod_id: int
   eod_text: str = EOD_TEXT
+  eod_token: str | None = None  # The end of document as a token of the model file, if it is one.
   blob: bytes = b''  # The model file's bytes (empty for byte).
 
   @property
@@ -168,7 +169,7 @@ class HFTokenizer(Tokenizer):
     special = {t.content: i for i, t in self._tok.get_added_tokens_decoder().items() if t.special}
     name = next((n for n in EOD_NAMES if n in special), None)
     if name is not None:
-      self.eod_id, self.eod_text = special[name], name
+      self.eod_id, self.eod_text, self.eod_token = special[name], name, name
       self.vocab_size = max(size, self.eod_id + 1)
     else:  # No end-of-text token: one id after the vocabulary.
       self.eod_id, self.vocab_size = size, size + 1

@@ -114,7 +114,7 @@ def _unstacked(leaf, rep: int):
   return leaf[rep]
 
 
-def _layer_path(path: tuple) -> tuple[tuple, str, int, tuple] | None:
+def layer_path(path: tuple) -> tuple[tuple, str, int, tuple] | None:
   """(prefix, 'stack' | 'blocks', index, rest) of a parameter path inside a stack of layers."""
   for i, part in enumerate(path[:-1]):
     if part in ('stack', 'blocks') and isinstance(path[i + 1], int):
@@ -132,7 +132,7 @@ def unstack_layers(params: nnx.State) -> nnx.State:
   flat = _flat(params)
   groups: dict[tuple, tuple[set, int]] = {}  # prefix -> (stack indices, repeats)
   for path, leaf in flat:
-    where = _layer_path(path)
+    where = layer_path(path)
     if where and where[1] == 'stack':
       indices, _ = groups.get(where[0], (set(), 0))
       groups[where[0]] = (indices | {where[2]}, _value(leaf).shape[0])
@@ -140,7 +140,7 @@ def unstack_layers(params: nnx.State) -> nnx.State:
     return params
   out = []
   for path, leaf in flat:
-    where = _layer_path(path)
+    where = layer_path(path)
     if where is None or where[0] not in groups:
       out.append((path, leaf))
       continue
@@ -161,7 +161,7 @@ def stack_layers(params: nnx.State, groups: dict[tuple, tuple[int, int]]) -> nnx
   layers: dict[tuple, dict[int, object]] = {}
   out = []
   for path, leaf in _flat(params):
-    where = _layer_path(path)
+    where = layer_path(path)
     k, r = groups.get(where[0], (1, 0)) if where else (1, 0)
     if where is None or r == 0:
       out.append((path, leaf))
@@ -181,6 +181,33 @@ def stack_layers(params: nnx.State, groups: dict[tuple, tuple[int, int]]) -> nnx
     else:
       out.append((path, jnp.stack(leaves)))
   return nnx.from_flat_state(sorted(out, key=lambda item: _sort_key(item[0])))
+
+
+def unrolled_paths(path: tuple, groups: dict[tuple, tuple[int, int]]) -> list[tuple]:
+  """The unrolled paths of the layers a parameter at `path` holds in the layout `groups`
+  describes (as `stack_layers` takes it): one for an unstacked parameter, r for a stacked one
+  (in the order of its leading axis)."""
+  where = layer_path(path)
+  if where is None:
+    return [path]
+  prefix, kind, index, rest = where
+  k, r = groups.get(prefix, (1, 0))
+  if kind == 'blocks':
+    return [(*prefix, 'blocks', r * k + index, *rest)]
+  return [(*prefix, 'blocks', rep * k + index, *rest) for rep in range(r)]
+
+
+def stored_path(path: tuple, groups: dict[tuple, tuple[int, int]]) -> tuple[tuple, int | None]:
+  """Where the parameter at unrolled `path` lives in the layout `groups` describes: (its path
+  there, its index on the stacked axis, or None where it is not stacked)."""
+  where = layer_path(path)
+  if where is None:
+    return path, None
+  prefix, _, index, rest = where
+  k, r = groups.get(prefix, (1, 0))
+  if index < r * k:
+    return (*prefix, 'stack', index % k, *rest), index // k
+  return (*prefix, 'blocks', index - r * k, *rest), None
 
 
 def _sort_key(path):
