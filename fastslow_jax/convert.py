@@ -63,8 +63,8 @@ def export_hf(workdir: str, hf_dir: str, *, step: int | None = None, dtype: str 
   dtype = dtype or cfg.param_dtype
   _check_output(hf_dir)
   tok = _tokenizer(workdir)
-  os.makedirs(hf_dir, exist_ok=True)
   config = llama.hf_config(cfg, dtype=dtype, eos_id=tok and tok.eod_id)
+  os.makedirs(hf_dir, exist_ok=True)
   by_name = {t.hf: t for t in llama.tensors(cfg)}
   specs = [safetensors_io.Spec(t.hf, t.shape, np.dtype(dtype)) for t in by_name.values()]
   bar = tqdm.tqdm(total=len(specs), desc='export', unit='tensor', dynamic_ncols=True,

@@ -110,6 +110,8 @@ def test_config_fields_round_trip():
                            mlp_dim=80, rope_theta=5e5, norm_eps=1e-5, tie_embeddings=False)
   fields = llama.model_fields(llama.hf_config(cfg, dtype='float32'), where='x')
   assert fields == {k: getattr(cfg, k) for k in llama.FIELDS}
+  with pytest.raises(UsageError, match=r'model.fast_window=16 \(a local fast path\) has no '):
+    llama.hf_config(models.ModelConfig(arm='dense', fast_window=16), dtype='float32')
 
 
 def test_extra_or_missing_tensors_are_refused(tmp_path):

@@ -91,6 +91,10 @@ def model_fields(hf: dict[str, Any], where: str) -> dict[str, Any]:
 def hf_config(cfg, *, dtype: str, eos_id: int | None = None) -> dict[str, Any]:
   """The config.json of `LlamaForCausalLM` for the dense model of `cfg` (a ModelConfig), its
   tensors stored in `dtype`; `max_position_embeddings` is the context the model trained at."""
+  if cfg.fast_window:
+    raise UsageError(f'model.fast_window={cfg.fast_window} (a local fast path) has no '
+                     f'{ARCHITECTURE} equivalent: only runs attending over the whole context '
+                     'export.')
   theta = float(cfg.rope_theta)
   return {
       'architectures': [ARCHITECTURE], 'model_type': MODEL_TYPE,

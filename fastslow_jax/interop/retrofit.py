@@ -76,6 +76,10 @@ def load_shared(cfg: models.ModelConfig, params: nnx.State, source) -> nnx.State
   if cfg.arm != 'dense' and not families.family(cfg.family).gated:
     logging.warning('init_from: the %s family has no gate, so this model\'s function differs from '
                     'the pretrained dense model\'s from the first step on.', cfg.family)
+  if cfg.fast_window != source.fast_window:
+    logging.warning('init_from: model.fast_window=%d here and %d in the source, so this model\'s '
+                    'function differs from the pretrained one\'s.', cfg.fast_window,
+                    source.fast_window)
   available, groups = set(source.names()), models.layer_groups(cfg)
   flat = nnx.to_flat_state(params)
   loaded, fresh = 0, collections.Counter()

@@ -84,6 +84,7 @@ class HFSource:
         raise UsageError(f'{directory}: tensor {t.hf!r} is {self.reader.shape(t.hf)}, its '
                          f'config.json makes it {t.shape}: the directory is inconsistent.')
     self.describe = f'{directory} (Hugging Face {llama.ARCHITECTURE})'
+    self.fast_window = 0  # Llama attends over the whole context.
 
   def names(self) -> list[tuple]:
     return list(self._tensors)
@@ -101,6 +102,7 @@ class RunSource:
     from fastslow_jax import restoring
     self.model = _run_model(workdir)
     self.fields = {k: self.model[k] for k in llama.FIELDS}
+    self.fast_window = self.model.get('fast_window', 0)
     self.groups = {(): ModelConfig.from_mapping(self.model).scan_groups}  # The stored layout.
     run = RunDir(workdir)
     steps = restoring.checkpoint_steps(run)
