@@ -8,8 +8,8 @@ variational approximation of it. Here the data come from exactly such a system
 (`fastslow_jax.data.ctmc`: a CTMC over V states with Q(y) = Q0 + y Q1, observed at unit time
 steps, y a slow sinusoid), so p_st(y) is known exactly for every block.
 
-For each P a coupled model trains on this source through `fastslow_jax.train` (the CTMC windows
-passed in as the run's datasets, read in order), stopping with a checkpoint at each probe step;
+For each P a coupled model trains on this source through `fastslow_jax.train` (data kind `ctmc`:
+fresh windows, read in order), stopping with a checkpoint at each probe step;
 each probe restores that checkpoint and maps phi_theta's output at every complete block j (every
 slow layer) to a distribution over the V states by a softmax-regression read-out
 fitted on held-out windows, and scored on other windows by the total-variation distance to
@@ -36,7 +36,7 @@ from scipy import optimize
 
 from experiments import grid, repo, report, stats
 from experiments.probes import apply_jitted
-from fastslow_jax import data, models, restoring, train
+from fastslow_jax import models, restoring, train
 from fastslow_jax.data import ctmc
 
 DEFAULT_PS = (4, 8, 16, 32, 64)
@@ -141,21 +141,24 @@ def baselines(fit: ProbeSet, test: ProbeSet) -> dict[str, float]:
 # --------------------------------------------------------------------------- one P
 
 
-def ctmc_datasets(source: ctmc.CTMCSource, *, seq_len: int, num_train: int, seed: int, P: int,
-                  num_val: int = 64) -> train.Datasets:
-  """Fresh CTMC windows of seq_len + 1 tokens for training (read in order) and validation."""
-  def windows(stream: int, num: int, split: str) -> data.TokenDataset:
-    tokens, _ = source.sample(np.random.default_rng([seed, stream, P]), num, seq_len + 1)
-    return data.TokenDataset(tokens.reshape(-1), seq_len=seq_len, stride=seq_len + 1,
-                             vocab_size=source.V, bits_per_token_unit='token',
-                             name=f'ctmc {split}')
-  return train.Datasets(windows(1, num_train, 'train'), windows(2, num_val, 'validation'))
+def ctmc_data(config, source: ctmc.CTMCSource, *, num_train: int, seed: int, P: int,
+              num_val: int = 64) -> None:
+  """Points `config.data` at the `ctmc` source with `source`'s parameters: fresh windows of
+  seq_len + 1 tokens, split s drawn from numpy's default_rng([seed, s, P]) (1 train, read in
+  order; 2 validation)."""
+  config.data.update(
+      kind='ctmc', vocab_size=source.V, source_seed=source.seed, ctmc_levels=source.levels,
+      ctmc_period_min=float(source.period_range[0]), ctmc_period_max=float(source.period_range[1]),
+      ctmc_rate=float(source.rate), ctmc_concentration=float(source.concentration),
+      ctmc_window_seed=seed, ctmc_window_salt=P, num_train_windows=num_train,
+      num_val_windows=num_val, shuffle=False)
 
 
-def validation_loss(restored: restoring.Restored, dataset: data.TokenDataset) -> float:
-  """Mean next-token loss over every window of `dataset`, scored in one batch (the float32 sum
-  and ratio of the run's eval step, as this report has always computed it)."""
+def validation_loss(restored: restoring.Restored) -> float:
+  """Mean next-token loss over every validation window of the run's source, scored in one batch
+  (the float32 sum and ratio of the run's eval step, as this report has always computed it)."""
   setup = restored.setup
+  dataset = restored.source.open('validation', seq_len=restored.config.model.seq_len)
   windows = np.stack([dataset[i] for i in range(len(dataset))])
   with setup.activate():
     total, count = setup.compile_eval_step()(restored.params, setup.global_batch(windows))
@@ -164,20 +167,20 @@ def validation_loss(restored: restoring.Restored, dataset: data.TokenDataset) ->
 
 def oracle_loss(source: ctmc.CTMCSource, *, seq_len: int, seed: int, P: int,
                 num_val: int = 64) -> float:
-  """The loss of a predictor told y, on the validation windows of `ctmc_datasets`."""
+  """The loss of a predictor told y, on the validation windows of `ctmc_data`."""
   tokens, level = source.sample(np.random.default_rng([seed, 2, P]), num_val, seq_len + 1)
   return float(-source.oracle_log_probs(tokens, level).mean())
 
 
-def _probe_curve(config, workdir: pathlib.Path, datasets: train.Datasets, fit: ProbeSet,
-                 test: ProbeSet, probe_at: Sequence[int], devices, log) -> list[dict[str, Any]]:
+def _probe_curve(config, workdir: pathlib.Path, fit: ProbeSet, test: ProbeSet,
+                 probe_at: Sequence[int], devices, log) -> list[dict[str, Any]]:
   """Trains up to each probe step (a checkpoint), then probes that checkpoint."""
   curve = []
   for step in probe_at:
-    train.train(config, str(workdir), devices=devices, stop_at_step=step, datasets=datasets)
+    train.train(config, str(workdir), devices=devices, stop_at_step=step)
     restored = restoring.restore(str(workdir), step, devices=devices)
     with restored.setup.activate():
-      record = {'val_loss': validation_loss(restored, datasets.validation),
+      record = {'val_loss': validation_loss(restored),
                 'tv': probe(restored.model(), fit, test),
                 'gate': models.gate_values(restored.params)}
     curve.append({'step': step, **record})
@@ -191,10 +194,9 @@ def train_one(P: int, *, source: ctmc.CTMCSource, size: str, tokens: int, seed: 
               devices=None, log=print) -> dict[str, Any]:
   """Trains the coupled model at this P on the CTMC source, probing phi_theta as it goes."""
   config = grid.make_config('coupled', size=size, P=P, seed=seed, tokens=tokens,
-                            overrides={**overrides, 'data.vocab_size': source.V,
-                                       'model.vocab_size': source.V})
-  config.data.shuffle = False  # Fresh windows, each read once, in the order they were drawn.
+                            overrides={**overrides, 'model.vocab_size': source.V})
   T, B, steps = config.model.seq_len, config.batch_size, config.total_steps
+  ctmc_data(config, source, num_train=steps * B, seed=seed, P=P)  # Each window read once.
   config.eval_batches = 64 // B
   key = {'config': json.loads(config.to_json_best_effort()), 'source': repr(vars_of(source)),
          'probes': probes, 'probe_windows': probe_windows}
@@ -206,12 +208,11 @@ def train_one(P: int, *, source: ctmc.CTMCSource, size: str, tokens: int, seed: 
       return old
   shutil.rmtree(workdir, ignore_errors=True)
   commit, start = repo.git_commit(), time.perf_counter()
-  datasets = ctmc_datasets(source, seq_len=T, num_train=steps * B, seed=seed, P=P)
   fit = ProbeSet(source, seq_len=T, P=P, num=probe_windows, seed=seed)
   test = ProbeSet(source, seq_len=T, P=P, num=probe_windows, seed=seed + 1000)
   probe_at = sorted({0, steps, *map(int, np.geomspace(max(1, steps // 50), steps,
                                                       max(1, probes - 1)).astype(int))})
-  curve = _probe_curve(config, workdir, datasets, fit, test, probe_at, devices, log)
+  curve = _probe_curve(config, workdir, fit, test, probe_at, devices, log)
   train_s, _ = grid.train_seconds(grid.read_metrics(workdir))
   result = {'key': key, 'P': P, 'steps': steps, 'tokens': steps * B * T,
             'oracle_loss': oracle_loss(source, seq_len=T, seed=seed, P=P),

@@ -53,6 +53,7 @@ class CTMCSource:
     rng = np.random.default_rng(seed)
     V = vocab_size
     self.V, self.levels, self.period_range, self.seed = V, levels, period_range, seed
+    self.rate, self.concentration = rate, concentration
     self.Qa, self.Qb = (self._generator(rng, V, rate, concentration) for _ in range(2))
     self.Q0, self.Q1 = self.Qa, self.Qb - self.Qa
     self.grid = np.linspace(0.0, 1.0, levels + 1)
