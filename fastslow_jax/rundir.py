@@ -55,6 +55,10 @@ class RunDir:
   def eval_result(self, split: str, step: int) -> epath.Path:
     return self.path / f'eval_{split}_{step}.json'
 
+  def eval_positions_plot(self, split: str, step: int) -> epath.Path:
+    """The plot of an evaluation's loss by position in the context."""
+    return self.path / f'eval_{split}_{step}_positions.png'
+
   def layout(self) -> tuple[tuple[epath.Path, bool], ...]:
     """(path, is a directory) of the entries tools write directly in the run directory."""
     return ((self.config, False), (self.metrics, False), (self.checkpoints, True),

@@ -20,6 +20,7 @@ import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 from flax import nnx
 
@@ -135,10 +136,16 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, ac
   return step
 
 
-def make_eval_step(graphdef: nnx.GraphDef):
-  """(params, tokens) -> (sum of token losses, token count)."""
+def make_eval_step(graphdef: nnx.GraphDef, per_position: bool = False):
+  """(params, tokens) -> (sum of token losses, token count); `per_position`: the sums at each
+  position of the window [T] (over the batch) instead of their total."""
   def step(params, tokens):
-    return cross_entropy(nnx.merge(graphdef, params)(tokens[:, :-1]), tokens[:, 1:])
+    logits = nnx.merge(graphdef, params)(tokens[:, :-1])
+    if not per_position:
+      return cross_entropy(logits, tokens[:, 1:])
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32),
+                                                             tokens[:, 1:])
+    return losses.sum(0), jnp.asarray(losses.size, jnp.float32)
   return step
 
 
@@ -176,8 +183,8 @@ class ModelSetup:
   def model(self, params: nnx.State) -> models.LanguageModel:
     return nnx.merge(self.graphdef, params)
 
-  def compile_eval_step(self):
-    return jax.jit(make_eval_step(self.graphdef),
+  def compile_eval_step(self, per_position: bool = False):
+    return jax.jit(make_eval_step(self.graphdef, per_position),
                    in_shardings=(self.params_sharding, self.batch_sharding),
                    out_shardings=sharding.replicated(self.mesh))
 
@@ -228,15 +235,21 @@ class TrainSetup(ModelSetup):
 
 def validation_loss(setup: ModelSetup, eval_step, params, dataset,
                     num_batches: int) -> dict[str, float]:
-  """Mean loss over the first `num_batches` global batches of `dataset` (fixed order)."""
+  """Mean loss over the first `num_batches` global batches of `dataset` (fixed order); with a
+  per-position `eval_step`, also the mean loss at each position of the window
+  (`loss_by_position`, float64 [T])."""
   local_batch = setup.config.batch_size // jax.process_count()
   num_batches = max(1, min(num_batches, len(dataset) // setup.config.batch_size))
   iterator = data.make_iterator(dataset, batch_size=local_batch, seed=0,
                                 shard_index=jax.process_index(), shard_count=jax.process_count(),
                                 shuffle=False, num_epochs=1)
-  total = count = 0.0
+  total, count = 0.0, 0.0
   with setup.activate():
     for _, batch in zip(range(num_batches), iterator):
       s, c = eval_step(params, setup.global_batch(batch))
-      total, count = total + float(s), count + float(c)
-  return {'loss': total / count, 'tokens': count, 'windows': num_batches * setup.config.batch_size}
+      total, count = total + np.asarray(s, np.float64), count + float(c)
+  windows = num_batches * setup.config.batch_size
+  out = {'loss': float(np.sum(total)) / count, 'tokens': count, 'windows': windows}
+  if np.ndim(total):
+    out['loss_by_position'] = total / windows
+  return out

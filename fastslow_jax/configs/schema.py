@@ -248,11 +248,19 @@ DATA = {
     'regime_contrast': Field(0.25, "synthetic: the share of a regime's chain that is its own (the "
                              'rest is shared by all regimes); 1: independent chains.',
                              Range(0, 1, low_open=True)),
-    'concentration': Field(0.3, 'synthetic: Dirichlet concentration of the chains\' rows.',
-                           POSITIVE),
-    'source_seed': Field(1234, 'synthetic, ctmc: seed of the generative parameters.', COUNT),
-    'num_train_windows': Field(20_000, 'synthetic, ctmc: training windows.', POSITIVE_INT),
-    'num_val_windows': Field(512, 'synthetic, ctmc: validation windows.', POSITIVE_INT),
+    'concentration': Field(0.3, 'synthetic, long_range: Dirichlet concentration of the chains\' '
+                           'rows.', POSITIVE),
+    'source_seed': Field(1234, 'synthetic, ctmc, long_range: seed of the generative parameters.',
+                         COUNT),
+    'num_train_windows': Field(20_000, 'synthetic, ctmc, long_range: training windows.',
+                               POSITIVE_INT),
+    'num_val_windows': Field(512, 'synthetic, ctmc, long_range: validation windows.', POSITIVE_INT),
+    # long_range: a code fixed per window, evidenced a little by every token (data/long_range.py).
+    'long_range_symbols': Field(8, 'long_range: symbols of the fast chain (vocabulary: symbols x '
+                                '2 x bits).', _int(2)),
+    'long_range_bits': Field(32, 'long_range: bits of the code a window keeps.', POSITIVE_INT),
+    'long_range_bias': Field(0.25, "long_range: how far a code symbol's probability moves from "
+                             '1/2 with its bit.', Range(0, 0.5, low_open=True, high_open=True)),
     # ctmc: a continuous-time Markov chain whose generator a slow sinusoid drives (data/ctmc.py).
     'ctmc_levels': Field(256, 'ctmc: grid values of the slow variable y.', POSITIVE_INT),
     'ctmc_period_min': Field(384.0, 'ctmc: shortest period of y, in tokens.', POSITIVE),

@@ -15,6 +15,9 @@ The sources (`config.data.kind`, one table in `sources.py`; fields in `configs/s
   synthetic  a hidden slow regime driving first-order Markov chains (`synthetic.py`), with the
              exact Bayes optimum. Unit: 'token'.
   ctmc       a continuous-time Markov chain driven by a slow sinusoid (`ctmc.py`). Unit: 'token'.
+  long_range a code fixed per window, evidenced a little by every token (`long_range.py`): the
+             Bayes optimum keeps falling with the context; exact optima with the whole past and
+             with the last w tokens. Unit: 'token'.
   text       local files, UTF-8 bytes + END_OF_DOCUMENT (vocabulary 257; `text.py`). Unit: 'byte'.
   tfds       a TFDS dataset prepared as array_record, read without TensorFlow. Unit: 'byte'.
   tokens     a directory written by `python -m fastslow_jax.data.prepare` (`prepare.py`): any

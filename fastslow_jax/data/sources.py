@@ -16,7 +16,7 @@ from typing import ClassVar, Protocol
 
 import numpy as np
 
-from fastslow_jax.data import ctmc, synthetic, text, tokenizers, tokens
+from fastslow_jax.data import ctmc, long_range, synthetic, text, tokenizers, tokens
 from fastslow_jax.data.windows import TokenDataset
 from fastslow_jax.errors import UsageError
 
@@ -114,6 +114,31 @@ class Synthetic:
             for name, window in (('whole_past', None), ('last_block', P), ('regime_blind', 1))}
     return {**loss, 'beyond_last_block': loss['last_block'] - loss['whole_past'],
             'regime_value': loss['regime_blind'] - loss['whole_past']}
+
+
+class LongRange(Synthetic):
+  """A code fixed per window and evidenced a little by every token (`long_range.py`): the Bayes
+  optimum keeps falling with the context for hundreds of tokens. Its exact optima with the whole
+  past and with only the last w tokens are `bayes_optimal_ce(..., window=w)` (per position:
+  `bayes_optimal_ce_per_position`), so the headroom of a context of w tokens is known in nats."""
+
+  kind = 'long_range'
+
+  def __init__(self, cfg):
+    self.cfg = cfg
+    self.process = long_range.source_for(int(cfg.long_range_symbols), int(cfg.long_range_bits),
+                                         float(cfg.long_range_bias), float(cfg.concentration),
+                                         int(cfg.source_seed))
+    self.vocab_size = self.process.vocab_size
+    self.tokenizer = tokenizers.IdsTokenizer(self.vocab_size)
+    self.describe = 'data.kind=long_range'
+
+  def open(self, split: str, *, seq_len: int) -> TokenDataset:
+    _check_split(split)
+    windows = long_range.windows(self.process, split, self.num_windows(split), seq_len + 1)
+    return TokenDataset(windows.reshape(-1), seq_len=seq_len, stride=seq_len + 1,
+                        vocab_size=self.vocab_size, bits_per_token_unit='token',
+                        name=f'long_range {split}')
 
 
 class Ctmc:
@@ -214,7 +239,8 @@ class Tokens:
 
 
 SOURCES: dict[str, type[Source]] = {
-    'synthetic': Synthetic, 'text': Text, 'tfds': Tfds, 'tokens': Tokens, 'ctmc': Ctmc}
+    'synthetic': Synthetic, 'text': Text, 'tfds': Tfds, 'tokens': Tokens, 'ctmc': Ctmc,
+    'long_range': LongRange}
 
 
 def source(cfg) -> Source:
