@@ -11,8 +11,10 @@ every round (`experiments/timing.py`, the harness the grids' step times use), an
 square matmul in the compute dtype, one more member of the round, measures what one device's matmuls
 reach in the same process under the same load. FLOP/s uses the analytic training count with causal
 attention counted honestly; "of peak" is that over the measured matmul peak of all devices, MFU over
-the vendor's peak where the device has one. Memory is XLA's compiled estimate (arguments + outputs +
-temporaries) and, where the device reports it, the measured peak. The last column is the step-time
+the vendor's peak where the device has one (`fastslow_jax.devices`). Memory is XLA's compiled
+estimate as `devices.compiled_memory` counts it (arguments + outputs - aliased + temporaries +
+generated code, as launch.aot_compile reports it) and, where the device reports it, the
+measured peak. The last column is the step-time
 ratio of each coupled row to the dense row with the same T (target at P=16, T=1024: <= 1.05).
 `--Ps=` (empty) times the dense row alone.
 
@@ -30,7 +32,7 @@ import numpy as np
 from absl import flags
 
 from experiments import timing
-from fastslow_jax import cli, configlib, metrics, models, runtime, sharding
+from fastslow_jax import cli, configlib, devices, models, runtime, sharding
 
 
 def define_flags() -> None:
@@ -83,15 +85,13 @@ class Row(timing.TrainStep):
 
   def result(self, peak_matmul: float | None, alone: MatmulsAlone | None) -> dict:
     """The row's figures: times, throughput, FLOP/s, fractions of the peaks, memory."""
-    memory = self.compiled.memory_analysis()
-    estimate = sum(getattr(memory, f, 0) or 0 for f in
-                   ('argument_size_in_bytes', 'output_size_in_bytes', 'temp_size_in_bytes'))
+    estimate = devices.compiled_memory(self.compiled)['total']
     step_s = self.median()
     matmuls_s = alone.median() if alone else None
     flops = models.flops_per_token(self.setup.model_config)
     tokens_per_s = self.batch * self.T / step_s
     stats = jax.devices()[0].memory_stats() or {}
-    peak = metrics.peak_flops()
+    peak = devices.peak_flops()
     return {'arm': self.arm, 'T': self.T, 'P': self.P if self.arm != 'dense' else None,
             'step_s': step_s, 'steps_per_s': 1 / step_s, 'tokens_per_s': tokens_per_s,
             'gflops_per_s': tokens_per_s * flops.total / 1e9,
