@@ -2,7 +2,8 @@
 
 `ModelConfig` validates `model.family` (and which arms a family has) against this table without
 loading any model code; `models.build`, the FLOP count and the layer layouts look the family's
-module up here. Adding a family is one module implementing `FamilyModule` plus one entry.
+module up here. Adding a family is one module implementing `models.model.FamilyModule` (build,
+flops_per_token, layer_stacks) plus one entry.
 
 `arm='dense'` is one baseline shared by every family: the plain decoder of the `fastslow` family
 without slow paths, so a seed gives the same dense model whatever the family.
@@ -12,31 +13,9 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-from typing import TYPE_CHECKING, Any, Protocol
+from types import ModuleType
 
 from fastslow_jax.errors import UsageError
-
-if TYPE_CHECKING:
-  from flax import nnx
-
-  from fastslow_jax.models.config import ModelConfig
-  from fastslow_jax.models.decoder import LanguageModel
-  from fastslow_jax.models.flops import FlopCount
-
-
-class FamilyModule(Protocol):
-  """What a family's module defines (`fastslow.py`, `hourglass.py`, `compressed.py`)."""
-
-  def build(self, cfg: ModelConfig, rngs: nnx.Rngs) -> LanguageModel:
-    """The model of `cfg` (arm `coupled` or a frozen arm; `dense` is fastslow's)."""
-
-  def flops_per_token(self, cfg: ModelConfig, *, causal: bool, seq_len: int) -> FlopCount:
-    """Forward FLOPs per token for sequences of `seq_len` (`models.flops` conventions)."""
-
-  def layer_stacks(self, cfg: ModelConfig) -> dict[tuple[Any, ...], tuple[bool, ...]]:
-    """Where its stacks of layers live: {path prefix: per layer, whether it has a slow path}
-    (`models.scan` lays each stack out scanned or unrolled)."""
-
 
 # The ablation arms (PAPER.md): `dense` (no slow path), `coupled` (the full model), the gate frozen
 # at 0, and the slow path frozen at its init.
@@ -75,8 +54,8 @@ def family(name: str) -> Family:
   return FAMILIES[name]
 
 
-def module(cfg: ModelConfig) -> FamilyModule:
-  """The module implementing the model `cfg` (a ModelConfig) describes; `dense` is the plain
-  decoder of the fastslow family whatever `cfg.family` says."""
+def module(cfg) -> ModuleType:
+  """The module (a `models.model.FamilyModule`) implementing the model `cfg` (a ModelConfig)
+  describes; `dense` is the plain decoder of the fastslow family whatever `cfg.family` says."""
   name = 'fastslow' if cfg.arm == 'dense' else cfg.family
   return importlib.import_module(f'fastslow_jax.models.{family(name).module}')

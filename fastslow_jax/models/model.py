@@ -1,10 +1,11 @@
-"""The public model API: build any family and arm, trainable filter, gates, layer layouts."""
+"""The public model API: build any family and arm, trainable filter, gates, layer layouts, and what
+a family's module is (`FamilyModule`)."""
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -13,6 +14,22 @@ from flax import nnx
 from fastslow_jax.models import families, roles, scan
 from fastslow_jax.models.config import ModelConfig, repeating_groups
 from fastslow_jax.models.decoder import LanguageModel
+from fastslow_jax.models.flops import FlopCount
+
+
+class FamilyModule(Protocol):
+  """What a family's module defines (`fastslow.py`, `hourglass.py`, `compressed.py`); the table
+  of families (`families.FAMILIES`) names the module."""
+
+  def build(self, cfg: ModelConfig, rngs: nnx.Rngs) -> LanguageModel:
+    """The model of `cfg` (arm `coupled` or a frozen arm; `dense` is fastslow's)."""
+
+  def flops_per_token(self, cfg: ModelConfig, *, causal: bool, seq_len: int) -> FlopCount:
+    """Forward FLOPs per token for sequences of `seq_len` (`models.flops` conventions)."""
+
+  def layer_stacks(self, cfg: ModelConfig) -> dict[tuple[Any, ...], tuple[bool, ...]]:
+    """Where its stacks of layers live: {path prefix: per layer, whether it has a slow path}
+    (`models.scan` lays each stack out scanned or unrolled)."""
 
 
 def build(config: ModelConfig | Mapping[str, Any], rngs: nnx.Rngs | int = 0) -> LanguageModel:
