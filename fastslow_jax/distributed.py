@@ -115,6 +115,7 @@ class PeerWatch:
     self._client = client
     self._me, self._count = process or (None, None)
     self._stop = threading.Event()
+    self._judged = threading.Event()  # Set once a peer was declared lost.
     self._threads = []
     self._lock = threading.Lock()
     self._answered = time.monotonic()  # When the coordination service last answered.
@@ -136,7 +137,13 @@ class PeerWatch:
         thread.start()
     return self
 
-  def __exit__(self, *exc) -> None:
+  def __exit__(self, kind, error, traceback) -> None:
+    if self._threads and isinstance(error, jax.errors.JaxRuntimeError):
+      # A collective with a vanished peer can fail (gloo: "connection closed by peer") before
+      # that peer's heartbeat is overdue. Give the judge its time: a lost peer then ends this
+      # process with its one line (not a traceback) and a status the launchers restart; any
+      # other runtime error is raised once the peers are seen alive.
+      self._judged.wait(self.timeout + 3 * self.interval)
     self._stop.set()
     for thread in self._threads:
       thread.join(timeout=self.interval * 2)  # A beat blocked on a vanished host is left.
@@ -161,7 +168,9 @@ class PeerWatch:
     while not self._stop.wait(self.interval):
       now = time.monotonic()
       with self._lock:
-        silent = {peer: now - since for peer, (_, since) in self._moved.items()}
+        # A peer's silence counts up to the service's last answer: while the service itself is
+        # silent, every peer looks silent, and the coordinator is the one lost.
+        silent = {peer: self._answered - since for peer, (_, since) in self._moved.items()}
         unanswered = now - self._answered
       if unanswered > self.timeout:
         return self._lost(0, unanswered, 'the coordinator, whose service stopped answering')
@@ -175,6 +184,7 @@ class PeerWatch:
     detail = self.describe_stop()
     self.on_lost(f'lost process {peer} of {self._count} ({how} {silent:.0f} s ago)'
                  f'{"; " + detail if detail else ""}.')
+    self._judged.set()  # After on_lost: the default ends the process before a waiter wakes.
 
 
 def _exit_resumable(message: str) -> None:

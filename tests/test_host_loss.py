@@ -67,6 +67,29 @@ def test_peer_watch_counts_an_unanswering_coordinator_as_process_0_lost():
   assert lost and lost[0].startswith('lost process 0 of 3 (the coordinator')
 
 
+def test_a_collective_failing_before_the_timeout_ends_with_the_lost_line_not_the_error():
+  """gloo reports a vanished peer at once ("connection closed by peer"), before its heartbeat is
+  overdue: the watch holds the error until it has judged, so the survivor's last word is the
+  lost-process line; among live peers the error is raised (after the same wait)."""
+  import jax
+  store, lost = Store(), []
+  failure = jax.errors.JaxRuntimeError('UNKNOWN: Gloo all-reduce failed: connection closed')
+  with watch(store, 1, []) as one, watch(store, 2, []):
+    time.sleep(0.5)
+    with pytest.raises(jax.errors.JaxRuntimeError):
+      with watch(store, 0, lost):
+        time.sleep(0.5)
+        one.__exit__(None, None, None)  # Process 1 is gone; the collective fails at once.
+        raise failure
+    assert len(lost) == 1 and lost[0].startswith('lost process 1 of 3'), lost
+    start, alive = time.monotonic(), []
+    with pytest.raises(jax.errors.JaxRuntimeError):
+      with watch(store, 0, alive) as zero:
+        zero._moved = {2: zero._moved[2]}  # Process 1 ended cleanly: no longer a peer.
+        raise failure
+    assert not alive and time.monotonic() - start < 3
+
+
 FAKE_RUN = '''import os, pathlib, signal, sys, time
 state = pathlib.Path(sys.argv[1])
 i, attempt = os.environ['JAX_PROCESS_ID'], len(list(state.glob(f'start-{os.environ["JAX_PROCESS_ID"]}-*')))
