@@ -24,6 +24,7 @@ import ml_collections
 
 from experiments import probes, repo
 from fastslow_jax import configlib, data, metrics, train
+from fastslow_jax.configs import schema
 from fastslow_jax.errors import UsageError
 from fastslow_jax.rundir import RunDir
 
@@ -239,10 +240,16 @@ def _reused(run: Run, workdir: pathlib.Path, config_json: dict) -> dict[str, Any
   if not path.exists():
     return None
   old = json.loads(path.read_text())
-  if old.get('config') == config_json:
+  if old.get('config') is not None and _completed(old['config']) == _completed(config_json):
     return old
   shutil.rmtree(workdir)  # A different config under the same name: start that run afresh.
   return None
+
+
+def _completed(config_json: dict) -> dict:
+  """A config as JSON with every field it lacks at its default: fields declared after a run
+  trained (at their defaults) do not make it stale."""
+  return json.loads(schema.complete(config_json).to_json_best_effort())
 
 
 def run_grid(runs: Sequence[Run], root: str | os.PathLike, *, devices=None,
