@@ -494,11 +494,8 @@ def run(*, name: str = 'equilibrium', Ps: Sequence[int] = DEFAULT_PS, tokens: in
 def main():
   from absl import flags
   f = flags.FLAGS
-  if f.report_only:
-    out = repo.report_dir(f.name, f.out_dir)
-    print(f'Wrote {render(report.load_results(out), out, rerendered=True)}')
+  if not report.start(f.name, f, render):
     return
-  grid.enable_compilation_cache(repo.runs_root(f.name, f.workdir_root) / 'jax_cache')
   run(name=f.name, Ps=[int(p) for p in f.Ps], tokens=grid.parse_tokens(f.tokens), size=f.size,
       seed=f.seed, probes=f.probes, probe_windows=f.probe_windows,
       source_kwargs={'vocab_size': f.vocab_size, 'seed': f.source_seed},

@@ -343,11 +343,8 @@ def run(*, name: str = 'p_sweep', data_spec: str = 'synthetic', Ps: Sequence[int
 def main():
   from absl import flags
   f = flags.FLAGS
-  if f.report_only:
-    out = repo.report_dir(f.name, f.out_dir)
-    print(f'Wrote {render(report.load_results(out), out, rerendered=True)}')
+  if not report.start(f.name, f, render):
     return
-  grid.enable_compilation_cache(repo.runs_root(f.name, f.workdir_root) / 'jax_cache')
   run(name=f.name, data_spec=f.data, Ps=[int(p) for p in f.Ps], seeds=[int(s) for s in f.seeds],
       tokens=grid.parse_tokens(f.tokens), size=f.size, dense=f.dense, checkpoints=f.checkpoints,
       timing_rounds=f.timing_rounds, overrides=grid.parse_overrides(f.set),

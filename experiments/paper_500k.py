@@ -451,11 +451,8 @@ def main():
   f = flags.FLAGS
   tokens = grid.parse_tokens(f.tokens)
   name = f.name or f'paper_{grid.tokens_label(tokens)}'
-  if f.report_only:
-    out = repo.report_dir(name, f.out_dir)
-    print(f'Wrote {render(report.load_results(out), out, rerendered=True)}')
+  if not report.start(name, f, render):
     return
-  grid.enable_compilation_cache(repo.runs_root(name, f.workdir_root) / 'jax_cache')
   run(name=name, data_specs=f.data, arms=f.arms, seeds=[int(s) for s in f.seeds], tokens=tokens,
       size=f.size, P=f.P, checkpoints=f.checkpoints, evals=f.evals,
       timing_rounds=f.timing_rounds, overrides=grid.parse_overrides(f.set),

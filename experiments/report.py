@@ -11,7 +11,7 @@ import os
 import pathlib
 import shlex
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import matplotlib
@@ -203,6 +203,18 @@ def load_results(out_dir: str | os.PathLike) -> dict[str, Any]:
   if not path.exists():
     raise UsageError(f'--report_only needs {path}: run the experiment once without it.')
   return json.loads(path.read_text())
+
+
+def start(name: str, f, render: Callable[..., Any]) -> bool:
+  """The start every experiment's main() shares: with --report_only, re-renders report `name`
+  from its results.json alone and returns False (nothing to train); otherwise turns on the
+  grid's persistent compilation cache and returns True."""
+  if f.report_only:
+    out = repo.report_dir(name, f.out_dir)
+    print(f'Wrote {render(load_results(out), out, rerendered=True)}')
+    return False
+  grid.enable_compilation_cache(repo.runs_root(name, f.workdir_root) / 'jax_cache')
+  return True
 
 
 def headroom_text(h: dict | None) -> str:

@@ -362,11 +362,8 @@ def run(*, name: str = 'zoo', data_specs: Sequence[str] = repo.DEFAULT_SOURCES,
 def main():
   from absl import flags
   f = flags.FLAGS
-  if f.report_only:
-    out = repo.report_dir(f.name, f.out_dir)
-    print(f'Wrote {render(report.load_results(out), out, rerendered=True)}')
+  if not report.start(f.name, f, render):
     return
-  grid.enable_compilation_cache(repo.runs_root(f.name, f.workdir_root) / 'jax_cache')
   run(name=f.name, data_specs=f.data, families=f.families, seeds=[int(s) for s in f.seeds],
       budgets=[grid.parse_tokens(t) for t in f.tokens.split(',')], size=f.size, P=f.P,
       checkpoints=f.checkpoints, evals=f.evals, timing_rounds=f.timing_rounds,
