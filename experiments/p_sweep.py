@@ -102,8 +102,9 @@ def _verdict_sets(comps: dict[int, stats.Comparison]) -> str:
 
 
 def conclusion(s: dict[str, Any], comps: dict[int, stats.Comparison],
-               optimum: float | None) -> str:
-  """A short paragraph computed from the summary and the verdicts of stats."""
+               optimum: float | None, headroom: dict | None = None) -> str:
+  """A short paragraph computed from the summary and the verdicts of stats (and the source's
+  headroom, where it has one)."""
   rows, dense = s['P'], s['dense']
   Ps = sorted(rows)
   best = min(Ps, key=lambda P: rows[P]['val_mean'])
@@ -129,7 +130,11 @@ def conclusion(s: dict[str, Any], comps: dict[int, stats.Comparison],
     out.append(f'Step time relative to dense goes from {steps[0]:.2f}x at P={Ps[0]} to '
                f'{steps[-1]:.2f}x at P={Ps[-1]}, while the analytic slow FLOP share goes from '
                f'{rows[Ps[0]]["slow_flop_share"]:.1%} to {rows[Ps[-1]]["slow_flop_share"]:.1%}.')
-  return ' '.join(out)
+  losses = {f'P={P}': rows[P]['val_mean'] for P in Ps}
+  if dense['val']:
+    losses['dense'] = float(np.mean(dense['val']))
+  out.append(report.headroom_reached(headroom, losses))
+  return ' '.join(filter(None, out))
 
 
 def _closed(best: float, dense: dict[str, Any], optimum: float) -> str:
@@ -280,7 +285,7 @@ def render(numbers: dict[str, Any], out_dir: pathlib.Path, rerendered: bool = Fa
   optimum = numbers['optimum']
   lines = [report.header(numbers['title'], numbers['provenance'], rerendered),
            setup_text(numbers), stats.method(len(comps)), '## Conclusion\n',
-           conclusion(s, comps, optimum) + '\n', '## Results\n',
+           conclusion(s, comps, optimum, numbers.get('headroom')) + '\n', '## Results\n',
            report.markdown_table(HEADER, results_rows(s, comps))]
   if optimum is not None:
     lines.append(f'Bayes-optimal loss on the same validation windows: {optimum:.4f} nats/token.\n')

@@ -253,8 +253,10 @@ def _neutral(comps: dict[str, stats.Comparison]) -> tuple[str, bool | None, list
   return against, ok, [comps[n].sentence(n.capitalize()) for n in names]
 
 
-def verdict(group: str, s: dict[str, Any], comps: dict[str, stats.Comparison]) -> str:
-  """One paragraph, every statement computed from the numbers and the verdicts of stats."""
+def verdict(group: str, s: dict[str, Any], comps: dict[str, stats.Comparison],
+            headroom: dict | None = None) -> str:
+  """One paragraph, every statement computed from the numbers and the verdicts of stats (and,
+  on a synthetic source, where the losses stand against its headroom)."""
   arms, parts, checks = s['arms'], [], {}
   if 'coupled' in arms:
     checks['gate closed'], sentence = _gate_sentence(s)
@@ -268,7 +270,8 @@ def verdict(group: str, s: dict[str, Any], comps: dict[str, stats.Comparison]) -
     checks['wall-clock comparable'] = ok = abs(ratio - 1) <= WALL_TOLERANCE
     parts.append(f'A coupled step takes {ratio:.2f}x a dense step '
                  f'({"comparable" if ok else "not comparable"}, tolerance ±{WALL_TOLERANCE:.0%}).')
-  return _verdict_head(group, s['tokens'], checks) + ' ' + ' '.join(parts)
+  parts.append(report.headroom_reached(headroom, {a: v['val_mean'] for a, v in arms.items()}))
+  return _verdict_head(group, s['tokens'], checks) + ' ' + ' '.join(filter(None, parts))
 
 
 def _verdict_head(group: str, tokens: int, checks: dict[str, bool | None]) -> str:
@@ -377,7 +380,8 @@ def render(numbers: dict[str, Any], out_dir: pathlib.Path, rerendered: bool = Fa
            stats.method(sum(map(len, comps.values())))
            + (SAME_FUNCTION if {'gate_frozen', 'dense'} <= arms else ''),
            GATE_OPEN.format(open=probes.OPEN_SHARE), WALL, '## Verdict\n']
-  lines += [verdict(g, numbers['summary'][g], comps[g]) + '\n' for g in groups]
+  lines += [verdict(g, numbers['summary'][g], comps[g], numbers.get('headroom', {}).get(g))
+            + '\n' for g in groups]
   lines += [group_section(g, numbers, comps[g]) for g in groups]
   plots = [('validation loss', report.kept_figure(out_dir, 'val_loss.png'))]
   if arms & set(GATED):

@@ -217,6 +217,25 @@ def start(name: str, f, render: Callable[..., Any]) -> bool:
   return True
 
 
+def headroom_reached(h: dict | None, losses: Mapping[str, float]) -> str:
+  """One sentence: where the models' final losses (label -> mean) stand against the optimum that
+  ignores the regime ('' without headroom numbers). Above it, they have not yet learned what the
+  regime adds, so no arm can show a slow path's gain at this budget."""
+  if not h or not losses:
+    return ''
+  best = min(losses, key=losses.get)
+  gap = losses[best] - h['regime_blind']
+  most = max(h['last_block'].values()) - h['whole_past']
+  if gap > 0:
+    return (f'Every model ends above the optimum that ignores the regime ({h["regime_blind"]:.4f}; '
+            f'the best, {best}, by {gap:.4f} nats): at this budget none has learned what the '
+            f'regime adds, so the {most:.4f} nats a slow path could gain over the last block are '
+            'out of reach here, and a neutral slow path says little about it.')
+  return (f'The best model ({best}) ends {-gap:.4f} nats below the optimum that ignores the '
+          f'regime ({h["regime_blind"]:.4f}): it uses the regime, with '
+          f'{losses[best] - h["whole_past"]:.4f} nats left to the whole past\'s optimum.')
+
+
 def headroom_text(h: dict | None) -> str:
   """What a slow path could gain on a synthetic source, from `grid.headroom`'s numbers ('' for
   other sources)."""

@@ -57,6 +57,15 @@ def test_helpers():
   assert explicit.eval_batches == 3
 
 
+def test_headroom_sentence_says_whether_the_regime_is_within_reach():
+  h = {'whole_past': 3.50, 'regime_blind': 3.60, 'last_block': {'16': 3.55}}
+  above = report.headroom_reached(h, {'dense': 3.63, 'coupled': 3.62})
+  assert 'the best, coupled, by 0.0200 nats' in above and '0.0500 nats' in above
+  below = report.headroom_reached(h, {'dense': 3.58})
+  assert below.startswith('The best model (dense) ends 0.0200 nats below') and '0.0800' in below
+  assert report.headroom_reached(None, {'dense': 3.6}) == ''
+
+
 def test_ctmc_source_is_exact():
   source = ctmc.CTMCSource(6, levels=8, seed=3)
   for y in (0.0, 0.4, 1.0):
