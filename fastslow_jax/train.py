@@ -197,8 +197,8 @@ def _run(config, setup: runtime.TrainSetup, run: RunDir, mngr, train_iter, val_d
         logging.warning('Stopping at step %d on %s; checkpoint in %s. Rerun the same command to '
                         'resume.', step, stop.reason, run.path)
       if step % config.log_every == 0 or step == end:
-        last = _step_record(setup, state, step, step_metrics, steps=steps_since,
-                            seconds=time.perf_counter() - tick, flops=flops, peak=peak)
+        last = _step_record(setup, state, step, step_metrics, steps=steps_since, since=tick,
+                            flops=flops, peak=peak)
         writer.write(step, last)
         bar.set_postfix(loss=f'{last["loss"]:.4f}', tok_s=f'{last["tokens_per_sec"]:,.0f}')
         tick, steps_since = time.perf_counter(), 0
@@ -217,10 +217,12 @@ def _run(config, setup: runtime.TrainSetup, run: RunDir, mngr, train_iter, val_d
 
 
 def _step_record(setup: runtime.TrainSetup, state, step: int, step_metrics, *, steps: int,
-                 seconds: float, flops: models.FlopCount, peak: float | None) -> dict[str, Any]:
+                 since: float, flops: models.FlopCount, peak: float | None) -> dict[str, Any]:
   """The metrics logged at `step`: loss, learning rate, gradient norm, throughput over the last
-  `steps` steps (`seconds`), MFU where the device's peak is known, and the gates."""
-  step_metrics = jax.device_get(step_metrics)
+  `steps` steps (from `since`, the previous record's end), MFU where the device's peak is known,
+  and the gates."""
+  step_metrics = jax.device_get(step_metrics)  # Waits for the step: dispatch is not execution.
+  seconds = time.perf_counter() - since
   tokens_per_sec = steps * setup.config.batch_size * setup.model_config.seq_len / seconds
   achieved = tokens_per_sec * flops.total / jax.device_count()
   return {'loss': float(step_metrics['loss']), 'lr': float(setup.lr(step - 1)),

@@ -6,6 +6,7 @@ import pathlib
 import re
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -287,3 +288,21 @@ def test_key_heads_shard_like_heads_and_older_rules_complete_them():
                           'model.num_kv_heads': 1})
   with pytest.raises(ValueError, match='model.num_kv_heads=1 is not divisible by mesh.tensor=2'):
     runtime.resolve_config(config)
+
+
+def test_throughput_counts_a_step_until_its_results_are_in(tmp_path, monkeypatch):
+  """Dispatch returns before a step has run: the logged step time must include the wait for
+  its results (here a device_get held for 50 ms), not only the dispatch."""
+  wait = 0.05
+  real = jax.device_get
+
+  def slow_device_get(tree):
+    time.sleep(wait)
+    return real(tree)
+
+  monkeypatch.setattr(train.jax, 'device_get', slow_device_get)
+  train.train(tiny_config(**{'mesh.data': 1, 'eval_every': 6}), tmp_path,
+              devices=jax.devices()[:1])
+  records = [json.loads(line) for line in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
+  rates = [r['steps_per_sec'] for r in records if 'steps_per_sec' in r]
+  assert len(rates) == 6 and max(rates) <= 1 / wait, rates
