@@ -526,11 +526,8 @@ def run(*, name: str = 'long_context', specs: Sequence[str] = ('long_range', COR
 def main():
   from absl import flags
   f = flags.FLAGS
-  if f.report_only:
-    out = repo.report_dir(f.name, f.out_dir)
-    print(f'Wrote {render(report.load_results(out), out, rerendered=True)}')
+  if not report.start(f.name, f, render):
     return
-  grid.enable_compilation_cache(repo.runs_root(f.name, f.workdir_root) / 'jax_cache')
   run(name=f.name, specs=f.data, seeds=[int(s) for s in f.seeds],
       budgets=[grid.parse_tokens(b) for b in f.budgets], seq_len=f.seq_len, window=f.window,
       P=f.P, evals=f.evals, timing_rounds=f.timing_rounds, workdir_root=f.workdir_root,
