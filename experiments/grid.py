@@ -23,7 +23,7 @@ import jax
 import ml_collections
 
 from experiments import probes, repo
-from fastslow_jax import configlib, data, metrics, train
+from fastslow_jax import configlib, data, metrics, models, train
 from fastslow_jax.configs import schema
 from fastslow_jax.errors import UsageError
 from fastslow_jax.rundir import RunDir
@@ -123,6 +123,19 @@ def make_config(arm: str, *, size: str = 'cpu', P: int = 16, seed: int = 0,
     if key not in explicit:
       configlib.set_field(config, key, value)
   return config
+
+
+def model_config(config: ml_collections.ConfigDict) -> models.ModelConfig:
+  """The ModelConfig a training config builds (vocabulary taken from its data)."""
+  fields = config.model.to_dict()
+  if fields['vocab_size'] == -1:
+    fields['vocab_size'] = data.source(config.data).vocab_size
+  return models.ModelConfig.from_mapping(fields)
+
+
+def training_flops(config: ml_collections.ConfigDict) -> float:
+  """Analytic training FLOPs per token of a run's model (`models.flops_per_token`)."""
+  return models.flops_per_token(model_config(config)).total
 
 
 def validation_windows(config: ml_collections.ConfigDict) -> tuple[int, int]:

@@ -78,7 +78,7 @@ def arm_config(label: str, *, spec: str, seq_len: int, window: int, P: int, seed
           'model.fast_window': window if local else 0}
   config = grid.make_config(arm, size='tiny', P=P, seed=seed, tokens=1, evals=evals,
                             checkpoints=1, overrides=over)
-  per_step = config.batch_size * seq_len * training_flops(config)
+  per_step = config.batch_size * seq_len * grid.training_flops(config)
   over['total_steps'] = max(1, round(flops_budget / per_step))
   config = grid.make_config(arm, size='tiny', P=P, seed=seed, evals=evals, checkpoints=1,
                             tokens=over['total_steps'] * config.batch_size * seq_len,
@@ -89,23 +89,11 @@ def arm_config(label: str, *, spec: str, seq_len: int, window: int, P: int, seed
   return config
 
 
-def model_config(config: ml_collections.ConfigDict) -> models.ModelConfig:
-  fields = config.model.to_dict()
-  if fields['vocab_size'] == -1:
-    fields['vocab_size'] = data.source(config.data).vocab_size
-  return models.ModelConfig.from_mapping(fields)
-
-
-def training_flops(config: ml_collections.ConfigDict) -> float:
-  """Analytic training FLOPs per token of a run's model."""
-  return models.flops_per_token(model_config(config)).total
-
-
 def attention_flops(config: ml_collections.ConfigDict) -> dict[str, float]:
   """Training FLOPs per token of the fast attention (scores and weighted values of every
   full-rate layer) and of the whole slow path, beside the same model's fast attention without a
   window: what 'a fraction of its attention cost' is measured in."""
-  cfg = model_config(config)
+  cfg = grid.model_config(config)
   layers = sum(cfg.hourglass_stages[::2]) if cfg.family == 'hourglass' and cfg.has_slow_path \
       else cfg.num_layers
   fast = lambda window: 3 * layers * flop_count.attention(cfg.seq_len, cfg.d_model, True, window)
@@ -123,7 +111,7 @@ def build_runs(*, specs: Sequence[str], seeds: Sequence[int], budgets: Sequence[
                                                  window=window, P=P, seed=seed,
                                                  flops_budget=flops, evals=evals)
     reference = make('dense full', 0, 1.0)
-    flops_budget = budget_tokens * training_flops(reference)
+    flops_budget = budget_tokens * grid.training_flops(reference)
     for seed in seeds:
       for label in ARMS:
         config = make(label, seed, flops_budget)
@@ -147,7 +135,7 @@ def curves(workdir: pathlib.Path, config: ml_collections.ConfigDict, step_s: flo
            ) -> list[list[float]]:
   """[tokens, FLOPs, training seconds, validation loss] at each validation of a run; seconds are
   steps times the arm's step time from the interleaved benchmark (`step_s`)."""
-  per_token = training_flops(config)
+  per_token = grid.training_flops(config)
   tokens_per_step = config.batch_size * config.model.seq_len
   return [[r['step'] * tokens_per_step, r['step'] * tokens_per_step * per_token,
            r['step'] * step_s, r['val_loss']]
@@ -161,7 +149,7 @@ def run_details(result: dict[str, Any], root: pathlib.Path, step_s: float) -> di
   out = evaluated(workdir, config.total_steps)
   return {'eval': {k: out[k] for k in ('loss', 'loss_by_position', 'bits_per_byte',
                                        'bayes_optimal_loss') if k in out},
-          'curve': curves(workdir, config, step_s), 'flops_per_token': training_flops(config),
+          'curve': curves(workdir, config, step_s), 'flops_per_token': grid.training_flops(config),
           'attention': attention_flops(config), 'step_s': step_s}
 
 

@@ -43,25 +43,13 @@ MODEL_COLORS = {'dense': 'tab:gray', 'fastslow': 'tab:blue', 'hourglass': 'tab:r
 # --------------------------------------------------------------------------- configs
 
 
-def model_config(config: ml_collections.ConfigDict) -> models.ModelConfig:
-  """The ModelConfig a training config builds (vocabulary taken from its data)."""
-  fields = config.model.to_dict()
-  if fields['vocab_size'] == -1:
-    fields['vocab_size'] = data.source(config.data).vocab_size
-  return models.ModelConfig.from_mapping(fields)
-
-
-def training_flops(config: ml_collections.ConfigDict) -> float:
-  return models.flops_per_token(model_config(config)).total
-
-
 def match_flops(config: ml_collections.ConfigDict, target: float) -> ml_collections.ConfigDict:
   """`config` with `model.mlp_dim` (a multiple of MLP_MULTIPLE) giving the training FLOPs per
   token nearest to `target`; a one-line UsageError if no width comes within FLOP_TOLERANCE."""
   def flops_at(width: int) -> float:
     trial = ml_collections.ConfigDict(config.to_dict())
     trial.model.mlp_dim = width
-    return training_flops(trial)
+    return grid.training_flops(trial)
 
   # FLOPs grow linearly in the MLP width: two points give the width that hits the target.
   low, high = MLP_MULTIPLE, 2 * MLP_MULTIPLE
@@ -91,7 +79,7 @@ def build_runs(*, data_specs: Sequence[str], families: Sequence[str], seeds: Seq
         arm, size=size, P=P, seed=seed, data_spec=spec, tokens=tokens, checkpoints=checkpoints,
         evals=evals, overrides={**(overrides or {}), **extra})
     dense = make('dense')
-    target = training_flops(dense)
+    target = grid.training_flops(dense)
     group = f'{grid.data_label(spec)}/{grid.tokens_label(tokens)}'
     runs.append(grid.Run(f'{group}/dense-s{seed}', group, 'dense', seed, dense, label='dense'))
     for family in families:
@@ -120,7 +108,7 @@ class ModelSummary:
 
 def _model_summary(rs, step_s: float, dense_step: float, per_byte: float | None,
                    optimum: float | None) -> ModelSummary:
-  cfg = model_config(ml_collections.ConfigDict(rs[0]['config']))
+  cfg = grid.model_config(ml_collections.ConfigDict(rs[0]['config']))
   val = [r['val_loss'] for r in rs]
   mean = float(np.mean(val))
   return ModelSummary(

@@ -20,16 +20,16 @@ MINI = {'model.d_model': 32, 'model.num_layers': 2, 'model.num_heads': 2,
 @pytest.mark.parametrize('size', ['cpu', 'tiny', 'small'])
 def test_every_family_matches_dense_flops(size):
   dense = grid.make_config('dense', size=size, tokens=500_000)
-  target = zoo.training_flops(dense)
+  target = grid.training_flops(dense)
   for family in models.FAMILIES:
     raw = grid.make_config('coupled', size=size, tokens=500_000,
                              overrides={'model.family': family})
     matched = zoo.match_flops(raw, target)
-    assert abs(zoo.training_flops(matched) / target - 1) < zoo.FLOP_TOLERANCE, family
+    assert abs(grid.training_flops(matched) / target - 1) < zoo.FLOP_TOLERANCE, family
     assert matched.model.mlp_dim % zoo.MLP_MULTIPLE == 0
     # Matching only moves the MLP width, towards dense's FLOPs.
-    assert (abs(zoo.training_flops(matched) - target)
-            <= abs(zoo.training_flops(raw) - target) + 1e-6)
+    assert (abs(grid.training_flops(matched) - target)
+            <= abs(grid.training_flops(raw) - target) + 1e-6)
     assert {k: v for k, v in matched.model.items() if k != 'mlp_dim'} == {
         k: v for k, v in raw.model.items() if k != 'mlp_dim'}
 
@@ -38,7 +38,7 @@ def test_unreachable_flops_are_a_one_line_error():
   config = grid.make_config('coupled', size='tiny', tokens=500_000,
                               overrides={'model.family': 'hourglass'})
   with pytest.raises(ValueError, match='cannot match') as info:
-    zoo.match_flops(config, target=zoo.training_flops(config) * 0.1)
+    zoo.match_flops(config, target=grid.training_flops(config) * 0.1)
   assert '\n' not in str(info.value)
 
 
