@@ -314,11 +314,12 @@ def estimate_step(config, devices) -> dict:
                          f'{f", one micro-batch x {accum}" if accum > 1 else ""}')}
 
 
-def add_estimate(result: dict, config, devices, compiled) -> None:
+def add_estimate(result: dict, config, devices, compiled, twins: bool = True) -> None:
   """Adds the compiler's estimate of the step (seconds, tokens per second per device, MFU) to
-  `result`, and its estimate of `compiled` as it stands (loop bodies once) for comparison."""
+  `result`, and its estimate of `compiled` as it stands (loop bodies once) for comparison; only
+  the latter without `twins`."""
   result['est_as_compiled_s'], result['est_as_compiled_loops'] = compiler_seconds(compiled)
-  if result['est_as_compiled_s'] is None:
+  if result['est_as_compiled_s'] is None or not twins:
     return
   if (result['est_as_compiled_loops'] == 0 and not config.model.scan_layers
       and config.grad_accum_steps == 1):  # Nothing to unroll: the step itself.
@@ -417,6 +418,8 @@ def define_flags() -> None:
   flags.DEFINE_bool('estimate', True, "TPU targets: also the compiler's estimate of the step time, "
                     'tokens/s and MFU, from twins of the step compiled with layers unrolled '
                     '(two more compiles of two and four layers; --noestimate skips them).')
+  flags.DEFINE_bool('twins', True, "With --estimate: compile the twins; --notwins gives only the "
+                    'estimate of the step as compiled, which counts each loop body once.')
   flags.DEFINE_string('json_out', None, 'Also write the figures as JSON (bytes, seconds, FLOPs) '
                       'to this file, keyed by remat policy.')
   flags.mark_flags_as_required(['config', 'topology'])
@@ -446,7 +449,7 @@ def main(argv) -> None:
     result = results[setup.model_config.remat] = measure(config, setup, compiled, devices,
                                                          seconds)
     if f.estimate and devices[0].platform == 'tpu':
-      add_estimate(result, config, devices, compiled)
+      add_estimate(result, config, devices, compiled, twins=f.twins)
     report(config, setup, results[setup.model_config.remat], topology)
   if len(results) > 1:
     print('\nper-device memory by remat policy:')

@@ -265,3 +265,68 @@ def test_windowed_rows_wait_for_the_fast_window_field():
   chosen = fits.groups(fits.SIZES, fits.TOPOLOGIES, include_windowed=True)
   assert chosen[-1][0] == fits.WINDOWED[0] and chosen[-1][2]
 
+
+
+def test_long_context_rows_say_what_they_need_and_what_is_missing():
+  from launch import fits
+
+  jobs = fits.long_jobs(['124m'], ['v5p-16', 'v6e-8'])
+  assert {t for _, _, t, _ in jobs} == {'v5p-16'} and {T for _, T, _, _ in jobs} == {32768, 131072}
+  results = {}
+  for size, T, topology, variants in jobs:
+    (_, dense), (_, windowed) = variants
+    row = cached_row(size, topology, dense, 2.0)
+    results[fits.row_key(size, topology, dense)] = {
+        **row, 'mesh': {'fsdp': 16}, 'analytic_flops': 3e12, 'compile_s': 5.0, 'peak_flops': 459e12,
+        'est_step_s': 2.0 if T == 32768 else 0.001}
+    results[fits.row_key(size, topology, windowed)] = (
+        fits.missing_row(size, topology, windowed) if T == 32768
+        else dict(status='does not fit', size=size, topology=topology, overrides=windowed))
+  text = fits.long_context_table(results, ['124m'], ['v5p-16', 'v6e-8'])
+  assert ('| 124m | 32k | v5p-16 | dense full | 1 | 1.00 GiB | 16 GiB | yes | 5 s | 1 s | 3.0 | '
+          '0.00654 s | 2 s | 1.000 | 1,234 | 50.0% |') in text
+  assert '| 124m | 128k | v5p-16 | dense full |' in text and '| 0.001 s (< floor) | 1.000 |' in text
+  assert '| 124m | 32k | v5p-16 | fastslow W=1024 | | | | not compiled yet |' in text
+  assert '| 124m | 128k | v5p-16 | fastslow W=1024 | | | | no: needs the sequence split' in text
+  # Against the dense row's floor where its estimate is under it (splash's FLOPs unpriced).
+  extra = dict(mesh={'fsdp': 8}, analytic_flops=3e12, peak_flops=459e12)
+  for _, _, _, ((_, dense), (_, windowed)) in fits.long_jobs(['350m'], ['v5p-16']):
+    results[fits.row_key('350m', 'v5p-16', dense)] = {
+        **cached_row('350m', 'v5p-16', dense, 0.001), **extra}
+    results[fits.row_key('350m', 'v5p-16', windowed)] = {
+        **cached_row('350m', 'v5p-16', windowed, 0.00327), **extra, 'analytic_flops': 1e12}
+  text = fits.long_context_table(results, ['350m'], ['v5p-16'])
+  assert '| 0.00654 s | 0.001 s (< floor) | 1.000 |' in text
+  assert '| 0.00218 s | 0.00327 s | 0.500 |' in text
+  grid = [cached_row('1b', 'v5p-16', {}, 1.0), fits.missing_row('tiny', 'v4-32', {})]
+  others = [fits.missing_row('124m', 'v5p-16', {'model.remat': 'none'})]
+  assert fits.missing_text(grid, others).startswith(
+      '**Not compiled yet:** of the grid, tiny on v4-32; and 1 of the 1 comparison and '
+      'long-context rows.')
+  assert fits.missing_text(grid[:1], []) == ''
+
+
+def test_a_slice_named_twice_is_compiled_once(tmp_path):
+  from launch import fits
+
+  row = cached_row('1b', 'v5litepod-16', {}, 7.9)
+  (tmp_path / f'{fits.row_key("1b", "v5litepod-16", {})}.json').write_text(json.dumps(row))
+  assert fits.compile_row('1b', 'v5e:4x4', {}, tmp_path, 1) == {**row, 'topology': 'v5e:4x4'}
+  assert fits.cached_as('1b', 'v5e:2x2', {}, tmp_path) is None
+  assert fits.cached_as('1b', 'v5e:4x4', {'model.remat': 'none'}, tmp_path) is None
+
+
+def test_a_row_takes_the_estimate_of_its_twin_with_the_scan_toggled(tmp_path):
+  """Twins are unscanned either way: 124m with the layer scan on and off have the same ones."""
+  from launch import fits
+
+  off = {'model.scan_layers': False}
+  row = {**cached_row('124m', 'v5litepod-16', off, 0.25), 'est_twins': {'2': 0.04, '4': 0.08},
+         'est_as_compiled_s': 0.3, 'est_compile_s': 400.0}
+  (tmp_path / f'{fits.row_key("124m", "v5litepod-16", off)}.json').write_text(json.dumps(row))
+  got = fits.scan_twin_estimate('124m', 'v5litepod-16', {}, tmp_path)
+  assert got == {'est_step_s': 0.25, 'est_tokens_per_s_device': 1234.4, 'est_mfu': 0.5,
+                 'est_twins': {'2': 0.04, '4': 0.08}, 'est_compile_s': 0.0,
+                 'est_from': fits.row_key('124m', 'v5litepod-16', off)}
+  assert fits.scan_twin_estimate('124m', 'v5litepod-16', off, tmp_path) == {}
+  assert fits.scan_twin_estimate('124m', 'v5p-16', {}, tmp_path) == {}
