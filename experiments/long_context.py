@@ -38,7 +38,7 @@ from fastslow_jax.errors import UsageError
 from fastslow_jax.models import flops as flop_count
 from fastslow_jax.rundir import RunDir
 
-CORPUS = '/work/corpora/debian-bpe8k'
+CORPUS = 'data/debian-bpe8k'  # Built by the commands of CORPUS_COMMANDS (git-ignored).
 # label: (family, arm, local fast path)
 ARMS = {'dense full': ('fastslow', 'dense', False), 'dense local': ('fastslow', 'dense', True),
         'fastslow local': ('fastslow', 'coupled', True),
@@ -464,9 +464,9 @@ CORPUS_COMMANDS = (
     '## Rebuilding the corpus\n\nThe corpus is not committed. It is built from Debian 12 main '
     'packages and prepared with an 8192-token byte-level BPE (`experiments/debian_corpus.py` '
     'lists the packages, licences and filters):\n\n```\n'
-    'python -m experiments.debian_corpus --output=/work/corpora/debian\n'
-    "python -m fastslow_jax.data.prepare --input='/work/corpora/debian/documents-*.jsonl' \\\n"
-    '    --tokenizer=bpe:8192 --output=/work/corpora/debian-bpe8k\n```\n')
+    'python -m experiments.debian_corpus --output=data/debian\n'
+    "python -m fastslow_jax.data.prepare --input='data/debian/documents-*.jsonl' \\\n"
+    '    --tokenizer=bpe:8192 --output=data/debian-bpe8k\n```\n')
 
 
 def write(results: list[dict[str, Any]], *, root: pathlib.Path, out_dir: pathlib.Path,
