@@ -206,7 +206,8 @@ def _run(config, setup: runtime.TrainSetup, run: RunDir, mngr, train_iter, val_d
         val = runtime.validation_loss(setup, eval_step, state.params, val_ds, config.eval_batches)
         last['val_loss'] = val['loss']
         writer.write(step, {'val_loss': val['loss']})
-        tick = time.perf_counter()  # Keep evaluation out of the throughput figures.
+        # Keep evaluation out of the throughput figures: the next record counts from here.
+        tick, steps_since = time.perf_counter(), 0
       if mngr.should_save(step) or step == end:
         guard.check_now()  # Never checkpoint a non-finite state.
         checkpointing.save(mngr, step, state, train_iter, batch_size=batch, force=step == end)
