@@ -2,6 +2,7 @@ r"""Long context on this machine: full attention beside a local fast path with t
 
     python -m experiments.bench_long_context                # train step time and memory vs T
     python -m experiments.bench_long_context --mode=decode  # decode ms/token and cache bytes
+    python -m experiments.bench_long_context --attention_impl=cudnn --dtype=bfloat16  # on a GPU
 
 `--mode=train`: per T in `--seq_lens`, one jitted train step (forward, backward, AdamW) of the
 `--size` model on random tokens, `dense full` (causal attention over all T) and `fastslow W=..`
@@ -50,10 +51,21 @@ def define_flags() -> None:
                      'dense full\'s at --target_T.', lower_bound=0)
   flags.DEFINE_enum('remat', 'full', list(models.REMAT_POLICIES), 'train: remat policy of both.')
   flags.DEFINE_string('attention_impl', 'xla', 'Attention backend of both.')
-  flags.DEFINE_float('memory_gib', 0.6 * os.sysconf('SC_PAGE_SIZE')
-                     * os.sysconf('SC_AVPHYS_PAGES') / 2**30,
-                     'train: a step whose compiled estimate exceeds this is not run (default: 60% '
-                     'of the memory available at start).', lower_bound=0)
+  flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'Compute dtype of both '
+                    "(cuDNN attention takes bfloat16).")
+  flags.DEFINE_float('memory_gib', None, 'train: a step whose compiled estimate exceeds this is '
+                     'not run (default: the accelerator\'s memory, or on the CPU 60% of the '
+                     'memory available at start).', lower_bound=0)
+
+
+def memory_limit_gib(f) -> float:
+  """--memory_gib, else the device's memory, else 60% of the host's available memory."""
+  if f.memory_gib is not None:
+    return f.memory_gib
+  hbm = devices.hbm_bytes(jax.devices()[0])
+  if hbm:
+    return hbm / 2**30
+  return 0.6 * os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_AVPHYS_PAGES') / 2**30
 
 
 def lengths(flag: str, values, least: int) -> list[int]:
@@ -70,7 +82,7 @@ def lengths(flag: str, values, least: int) -> list[int]:
 def model_overrides(f, T: int, window: int) -> dict:
   return {'model.seq_len': T, 'model.vocab_size': 256, 'model.fast_window': window,
           'model.attention_impl': f.attention_impl, 'model.remat': f.remat,
-          'model.dtype': 'float32', 'model.scan_layers': False, 'batch_size': f.batch_size,
+          'model.dtype': f.dtype, 'model.scan_layers': False, 'batch_size': f.batch_size,
           'mesh.data': 1}
 
 
@@ -85,8 +97,9 @@ def models_of(f) -> dict[str, tuple[str, int]]:
 def bench_train(f) -> None:
   seq_lens = lengths('seq_lens', f.seq_lens, 2)
   print(f'{jax.devices()[0].device_kind}; size {f.size}, batch {f.batch_size}, remat {f.remat}, '
-        f'attention {f.attention_impl}, P={f.P}; median of {f.steps} interleaved rounds')
-  header = (f'{"T":>6} {"model":<16} {"step s":>8} {"tokens/s":>9} {"memory GiB":>10} '
+        f'attention {f.attention_impl}, {f.dtype}, P={f.P}; median of {f.steps} interleaved '
+        'rounds')
+  header = (f'{"T":>6} {"model":<16} {"step ms":>9} {"tokens/s":>9} {"memory GiB":>10} '
             f'{"vs dense":>8}')
   print(header + '\n' + '-' * len(header), flush=True)
   ratios = {}
@@ -98,16 +111,16 @@ def bench_train(f) -> None:
       member = timing.TrainStep(config, jax.devices()[:1])
       member.memory = devices.compiled_memory(member.compiled)['total'] / 2**30
       members[label] = member
-    running = {k: m for k, m in members.items() if m.memory <= f.memory_gib}
+    running = {k: m for k, m in members.items() if m.memory <= memory_limit_gib(f)}
     timing.round_robin(list(running.values()), f.steps)
     dense = running['dense full'].median() if 'dense full' in running else None
     for label, m in members.items():
       if label not in running:
-        print(f'{T:>6} {label:<16} {"does not fit here":>18} {m.memory:>10.2f}', flush=True)
+        print(f'{T:>6} {label:<16} {"does not fit here":>19} {m.memory:>10.2f}', flush=True)
         continue
       step = m.median()
       ratio = f'{step / dense:>8.3f}' if dense else f'{"-":>8}'
-      print(f'{T:>6} {label:<16} {step:>8.2f} {f.batch_size * T / step:>9.0f} '
+      print(f'{T:>6} {label:<16} {step * 1e3:>9.1f} {f.batch_size * T / step:>9.0f} '
             f'{m.memory:>10.2f} {ratio}', flush=True)
     if T == f.target_T and dense:
       windowed = running.get(f'fastslow W={f.window}')
@@ -161,7 +174,8 @@ class Decoding(timing.Timed):
 
 def bench_decode(f) -> None:
   contexts = lengths('contexts', f.contexts, f.tokens + 1)
-  print(f'{jax.devices()[0].device_kind}; size {f.size}, batch {f.batch_size}, P={f.P}; '
+  print(f'{jax.devices()[0].device_kind}; size {f.size}, batch {f.batch_size}, {f.dtype}, '
+        f'P={f.P}; '
         f'{f.tokens} decode steps per round, median of {f.rounds} interleaved rounds')
   header = (f'{"context":>7} {"model":<16} {"ms/token":>9} {"fast cache":>11} '
             f'{"slow cache":>11} {"cache total":>11}')
