@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import pathlib
 import subprocess
@@ -12,9 +13,11 @@ DEFAULT_TEXT = REPO.parent / 'shared' / 'data' / 'tinyshakespeare.txt'  # Byte-l
 DEFAULT_SOURCES = ('synthetic', str(DEFAULT_TEXT))
 
 
+@functools.cache
 def git_commit() -> str:
   """Short hash of HEAD, '+ uncommitted changes' when tracked code differs from it (reports
-  and Markdown excluded), or 'unknown' outside a git checkout."""
+  and Markdown excluded), or 'unknown' outside a git checkout. Read once per process: a grid
+  runs the code it imported at start, whatever HEAD becomes while it runs."""
   git = lambda *args: subprocess.run(['git', *args], cwd=REPO, check=True, capture_output=True,
                                      text=True).stdout.strip()
   try:
