@@ -11,7 +11,8 @@ unrolled) against the analytic count, and the compiler's estimate of the step ti
 chip and MFU. Rows with the layer scan off show what scanning changes where it matters; the
 comparison rows (`COMPARISONS`) set what a user chooses between side by side on one slice: arms
 and families, attention kernels, remat policies. Results are kept in `--cache_dir` (one JSON per
-row), so an interrupted run resumes and the table can be rewritten without compiling again.
+row, `launch/fits_rows/`, committed with the table), so an interrupted run resumes and the table
+can be rewritten on any machine without compiling again.
 Needs libtpu.
 """
 
@@ -86,8 +87,9 @@ def define_flags() -> None:
   flags.DEFINE_bool('compile', True, 'Compile the rows missing from --cache_dir; --nocompile '
                     'writes the table from the cache alone, the missing rows marked so.')
   flags.DEFINE_string('out', str(HERE / 'FITS.md'), 'The Markdown table to write.')
-  flags.DEFINE_string('cache_dir', str(HERE.parent / 'workdirs' / 'fits'),
-                      'One JSON of figures per row; delete it to compile again.')
+  flags.DEFINE_string('cache_dir', str(HERE / 'fits_rows'),
+                      'One JSON of figures per row (committed beside FITS.md); delete it to '
+                      'compile the row again.')
   flags.DEFINE_integer('timeout', 3600, 'Seconds one compile may take.', lower_bound=1)
 
 
