@@ -192,16 +192,18 @@ def plot_curves(results, root: pathlib.Path, out_dir: pathlib.Path, groups, opti
 
 def plot_budgets(summary, out_dir: pathlib.Path) -> str:
   """Final validation loss against the budget, one panel per data source; the budgets are the
-  only ticks (a log axis would also label its minor ticks, on top of each other)."""
+  only ticks (a log axis would also label its minor ticks, on top of each other), and each
+  model's points sit a little apart from the others' so that their error bars stay visible."""
   sources = list(dict.fromkeys(g.split('/')[0] for g in summary))
   fig, axes = report.new_figure(len(sources), 1, width=4.6, height=3.4)
   for ax, source in zip(axes[0], sources):
     groups = [g for g in summary if g.split('/')[0] == source]
-    for name in MODEL_COLORS:
+    for i, name in enumerate(MODEL_COLORS):
       points = [(summary[g]['tokens'], summary[g]['models'][name]) for g in groups
                 if name in summary[g]['models']]
+      dodge = 1.04 ** (i - (len(MODEL_COLORS) - 1) / 2)  # A few percent along the log axis.
       if points:
-        ax.errorbar([t for t, _ in points], [np.mean(m['val']) for _, m in points],
+        ax.errorbar([t * dodge for t, _ in points], [np.mean(m['val']) for _, m in points],
                     yerr=[np.std(m['val'], ddof=1) if m['n'] > 1 else 0 for _, m in points],
                     color=MODEL_COLORS[name], marker='o', ms=4, capsize=3, label=name)
     budgets = sorted({summary[g]['tokens'] for g in groups})
@@ -280,7 +282,8 @@ def group_section(group: str, s: dict[str, Any], comps: dict[str, stats.Comparis
            report.markdown_table(header, rows)]
   if s['optimum'] is not None:
     lines.append(f'Bayes-optimal loss on the same validation windows: {s["optimum"]:.4f} nats.\n')
-  lines.append(report.headroom_text(s.get('headroom')))
+  if s.get('headroom'):  # Synthetic sources only.
+    lines.append(report.headroom_text(s['headroom']))
   lines.append(report.comparisons_table(comps))
   return '\n'.join(lines)
 
