@@ -484,8 +484,9 @@ def write(results: list[dict[str, Any]], *, root: pathlib.Path, out_dir: pathlib
     if 'optimum' in sources[group]:
       summary[group]['optimum'] = sources[group]['optimum']['whole past']
   numbers = {'provenance': report.provenance(command, results, sum(r['wall_s'] for r in results)),
-             'config': results[0]['config'], 'root': repo.display_path(root), 'window': window,
-             'sources': sources, 'summary': summary, 'timing_notes': timing_notes,
+             'config': repo.portable_config(results[0]['config']),
+             'root': repo.display_path(root), 'window': window, 'sources': sources,
+             'summary': summary, 'timing_notes': timing_notes,
              'runs': grid.without_configs(results)}
   return render(numbers, out_dir)
 

@@ -29,9 +29,16 @@ def git_commit() -> str:
 
 
 def display_path(path: str | os.PathLike) -> str:
-  """A path relative to the repository where it lies inside it (reports stay portable)."""
-  path = pathlib.Path(path).resolve()
+  """A path relative to the repository where it lies inside it (reports stay portable); a link
+  inside it (a data/ directory pointing at a disk elsewhere) is named as the link."""
+  path = pathlib.Path(os.path.abspath(path))
   return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+
+
+def portable_config(config: dict) -> dict:
+  """A run's config (as a dict) as a report keeps it: its data path through `display_path`."""
+  path = config.get('data', {}).get('path')
+  return {**config, 'data': {**config['data'], 'path': display_path(path)}} if path else config
 
 
 def report_dir(name: str, out_dir: str | os.PathLike | None = None) -> pathlib.Path:

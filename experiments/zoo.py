@@ -320,7 +320,7 @@ def write(results, *, root: pathlib.Path, out_dir: pathlib.Path, command: str,
   sources = {r['group'].split('/')[0]: ml_collections.ConfigDict(r['config']) for r in results}
   numbers = {
       'provenance': report.provenance(command, results, sum(r['wall_s'] for r in results)),
-      'config': results[0]['config'], 'root': repo.display_path(root),
+      'config': repo.portable_config(results[0]['config']), 'root': repo.display_path(root),
       'validation': {s: grid.validation_windows(c) for s, c in sources.items()},
       'summary': summary, 'timing_notes': timing_notes, 'runs': grid.without_configs(results)}
   return render(numbers, out_dir)
