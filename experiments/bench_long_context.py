@@ -102,7 +102,7 @@ def bench_train(f) -> None:
   header = (f'{"T":>6} {"model":<16} {"step ms":>9} {"tokens/s":>9} {"memory GiB":>10} '
             f'{"vs dense":>8}')
   print(header + '\n' + '-' * len(header), flush=True)
-  ratios = {}
+  ratios, limit = {}, memory_limit_gib(f)
   for T in seq_lens:
     members = {}
     for label, (arm, window) in models_of(f).items():
@@ -111,7 +111,7 @@ def bench_train(f) -> None:
       member = timing.TrainStep(config, jax.devices()[:1])
       member.memory = devices.compiled_memory(member.compiled)['total'] / 2**30
       members[label] = member
-    running = {k: m for k, m in members.items() if m.memory <= memory_limit_gib(f)}
+    running = {k: m for k, m in members.items() if m.memory <= limit}
     timing.round_robin(list(running.values()), f.steps)
     dense = running['dense full'].median() if 'dense full' in running else None
     for label, m in members.items():

@@ -141,9 +141,10 @@ def test_splash_in_the_model_under_a_mesh_matches_reference(window):
 
 
 def band_reference(q, k, v, window: int):
-  """The definition: attention where query t sees keys t-W < s <= t, one masked product."""
+  """The definition: attention where query t sees keys t-W < s <= t (every s <= t for W = 0),
+  one masked product."""
   t = jnp.arange(q.shape[1])
-  mask = (t[:, None] >= t[None]) & (t[:, None] - t[None] < window)
+  mask = (t[:, None] >= t[None]) & ((t[:, None] - t[None] < window) if window else True)
   return attention_lib.masked_attention(q, k, v, mask)
 
 

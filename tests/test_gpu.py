@@ -21,6 +21,7 @@ import pytest
 from flax import nnx
 
 from conftest import tiny_config
+from test_attention import band_reference
 from fastslow_jax import metrics, models
 from fastslow_jax.models import ModelConfig
 from fastslow_jax.models import attention_kernels as attention_lib
@@ -38,13 +39,6 @@ def qkv(length: int, heads: int, kv_heads: int, dtype=jnp.bfloat16, head_dim: in
   shapes = [(2, length, heads, head_dim)] + [(2, length, kv_heads, head_dim)] * 2
   return tuple(jax.random.normal(key, shape, jnp.float32).astype(dtype)
                for key, shape in zip(keys, shapes))
-
-
-def band_reference(q, k, v, window: int):
-  """The definition in float32: query t sees keys t-W < s <= t (all earlier ones for W = 0)."""
-  t = jnp.arange(q.shape[1])
-  mask = (t[:, None] >= t[None]) & ((t[:, None] - t[None] < window) if window else True)
-  return attention_lib.masked_attention(*(x.astype(jnp.float32) for x in (q, k, v)), mask)
 
 
 def value_and_grads(attend, q, k, v):
@@ -68,7 +62,8 @@ def assert_kernel_matches_definition(impl: str, length: int, window: int, heads=
   q, k, v = qkv(length, heads, kv_heads)
   got = value_and_grads(lambda q, k, v: attention_lib.attention(
       q, k, v, causal=True, impl=impl, window=window, **blocks), q, k, v)
-  want = value_and_grads(lambda q, k, v: band_reference(q, k, v, window), q, k, v)
+  want = value_and_grads(lambda q, k, v: band_reference(  # The definition, in float32.
+      *(x.astype(jnp.float32) for x in (q, k, v)), window), q, k, v)
   assert_close(got[0], want[0], FWD_TOL, f'{impl} output')
   for name, a, b in zip('qkv', got[1], want[1]):
     assert_close(a, b, GRAD_TOL, f'{impl} d{name}')
