@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import math
 import pathlib
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -71,11 +72,14 @@ def source_overrides(spec: str) -> dict[str, Any]:
 
 
 def arm_config(label: str, *, spec: str, seq_len: int, window: int, P: int, seed: int,
-               flops_budget: float, evals: int) -> ml_collections.ConfigDict:
-  """The config of one run: the arm's model at `seq_len`, steps for `flops_budget` FLOPs."""
+               flops_budget: float, evals: int, overrides: dict[str, Any] | None = None
+               ) -> ml_collections.ConfigDict:
+  """The config of one run: the arm's model at `seq_len`, steps for `flops_budget` FLOPs;
+  `overrides` (dotted fields, every arm alike: a source's parameters, the learning rate) come
+  after BASE."""
   family, arm, local = ARMS[label]
-  over = {**BASE, **source_overrides(spec), 'model.seq_len': seq_len, 'model.family': family,
-          'model.fast_window': window if local else 0}
+  over = {**BASE, **source_overrides(spec), **(overrides or {}), 'model.seq_len': seq_len,
+          'model.family': family, 'model.fast_window': window if local else 0}
   config = grid.make_config(arm, size='tiny', P=P, seed=seed, tokens=1, evals=evals,
                             checkpoints=1, overrides=over)
   per_step = config.batch_size * seq_len * grid.training_flops(config)
@@ -102,14 +106,16 @@ def attention_flops(config: ml_collections.ConfigDict) -> dict[str, float]:
 
 
 def build_runs(*, specs: Sequence[str], seeds: Sequence[int], budgets: Sequence[float],
-               seq_len: int, window: int, P: int, evals: int) -> list[grid.Run]:
+               seq_len: int, window: int, P: int, evals: int,
+               overrides: dict[str, Any] | None = None) -> list[grid.Run]:
   """Per source (its budget: dense full's tokens x its FLOPs per token), per seed, every arm."""
   runs = []
   for spec, budget_tokens in zip(specs, budgets):
     group = 'long_range' if spec == 'long_range' else grid.data_label(spec)
     make = lambda label, seed, flops: arm_config(label, spec=spec, seq_len=seq_len,
                                                  window=window, P=P, seed=seed,
-                                                 flops_budget=flops, evals=evals)
+                                                 flops_budget=flops, evals=evals,
+                                                 overrides=overrides)
     reference = make('dense full', 0, 1.0)
     flops_budget = budget_tokens * grid.training_flops(reference)
     for seed in seeds:
@@ -330,13 +336,19 @@ def budget_text(numbers: dict[str, Any]) -> str:
           + '): this machine\'s (one XLA:CPU device), not an accelerator\'s.\n')
 
 
-def source_text(group: str, facts: dict[str, Any], tokens: int) -> str:
-  """The long-range source's exact optima, or the corpus's size against the budget."""
+def source_text(group: str, facts: dict[str, Any], tokens: int, data_config: dict[str, Any]
+                ) -> str:
+  """The long-range source's parameters and exact optima, or the corpus's size against the
+  budget."""
   if 'optimum' in facts:
     whole = facts['optimum']['whole past']
     parts = '; '.join(f'{name}: {v:.4f} (+{v - whole:.4f})' for name, v in facts['optimum'].items()
                       if name != 'whole past')
-    return (f'**{group}: the exact optima** on the validation windows scored (nats/token): the '
+    d = data_config
+    return (f'**{group}** (`data.long_range_symbols={d["long_range_symbols"]}`, '
+            f'`long_range_bits={d["long_range_bits"]}`, `long_range_bias={d["long_range_bias"]}`: '
+            f'a vocabulary of {2 * d["long_range_symbols"] * d["long_range_bits"]}). '
+            '**The exact optima** on the validation windows scored (nats/token): the '
             f'whole past {whole:.4f}; {parts}. The gap between the last W tokens and the whole '
             'past is what a slow path can capture over the local fast path alone.\n')
   epochs = tokens / facts['train_tokens']
@@ -377,9 +389,9 @@ def group_section(group: str, s: dict[str, Any], comps: dict[str, stats.Comparis
 
 
 def answer(summary: dict[str, Any], comps: dict[str, dict[str, stats.Comparison]],
-           sources: dict[str, Any], window: int) -> str:
+           sources: dict[str, Any]) -> str:
   """The question's answer on each source, in the words of stats, with the attention cost, and
-  (on a source with known optima) how far the arms are from what the window alone allows."""
+  (on a source with known optima) whether the arms use more than their windows can see."""
   lines = ['## Answer\n']
   for group, s in summary.items():
     arms = s['arms']
@@ -403,24 +415,74 @@ def answer(summary: dict[str, Any], comps: dict[str, dict[str, stats.Comparison]
     lines.append(f'**{group}:** ' + '; '.join(parts) + '. Against the same local fast path '
                  'alone: ' + ' '.join(helps) + '\n')
     optimum = sources.get(group, {}).get('optimum', {})
-    if f'last {window} tokens' in optimum:
-      whole = optimum['whole past']
-      headroom = optimum[f'last {window} tokens'] - whole
-      gaps = [float(np.mean(a['val'])) - whole for a in arms.values()]
-      closer = 'every arm is' if min(gaps) > headroom else 'not every arm is'
-      lines.append(
-          f'What this budget can say on {group}: the arms end {min(gaps):.3f} to {max(gaps):.3f} '
-          f'nats above the whole-past optimum, while the last {window} tokens alone are '
-          f'{headroom:.4f} nats above it (the most a slow path can add to the window). '
-          f'{closer.capitalize()} farther from the optimum than that headroom: '
-          + ('the models have not yet learned what the window itself shows, so a slow path has '
-             'nothing to add yet, and the differences above measure how fast each arm learns '
-             'the local structure at equal FLOPs (a local arm takes more tokens), not the value '
-             'of the distant past. Answering the question needs budgets where the local arms '
-             'reach the last-W optimum.' if min(gaps) > headroom else
-             'the gap between the local arms and the slow-path arms is where the distant past '
-             'can show.') + '\n')
+    beyond = beyond_reach(arms, optimum)
+    if beyond:
+      lines.append(beyond_text(group, arms, optimum, beyond))
   return '\n'.join(lines)
+
+
+REACH = re.compile(r'last (\d+) tokens \(the local stack')
+
+
+def reach_optimum(optimum: dict[str, float]) -> tuple[int, float] | None:
+  """(R, the optimum of a predictor that sees only the last R tokens) for R the local stack's
+  reach (its windowed layers times W - 1, plus one), where the source's optima hold it."""
+  for name, value in optimum.items():
+    if (m := REACH.match(name)):
+      return int(m.group(1)), value
+  return None
+
+
+def beyond_reach(arms: dict[str, Any], optimum: dict[str, float]
+                 ) -> dict[str, stats.Comparison]:
+  """Each local arm's final loss minus the optimum of its stack's reach, over its seeds (Holm
+  over these comparisons alone): below zero, the arm uses tokens older than any window of its
+  stack can see, which only its slow path brings. Empty without the optima."""
+  reach = reach_optimum(optimum)
+  if reach is None:
+    return {}
+  R, value = reach
+  pairs = {label: stats.paired(dict(zip(a['seeds'], a['val'])), {s: value for s in a['seeds']})
+           for label, a in arms.items() if label != 'dense full'}
+  return stats.family(pairs) if pairs else {}
+
+
+def beyond_text(group: str, arms: dict[str, Any], optimum: dict[str, float],
+                beyond: dict[str, stats.Comparison]) -> str:
+  """Where the arms end against what their windows can know, and what the data say of it."""
+  R, value = reach_optimum(optimum)
+  whole = optimum['whole past']
+  gaps = [float(np.mean(a['val'])) - whole for a in arms.values()]
+  below = [label for label, c in beyond.items()
+           if c.verdict == stats.DIFFERENT and c.mean < 0]
+  parts = ' '.join(c.sentence(f'{label} − optimum of the last {R} tokens')
+                   for label, c in beyond.items())
+  local = beyond.get('dense local')
+  if below:
+    verdict = (f'{", ".join(below)} end{"s" if len(below) == 1 else ""} below what any '
+               f'predictor of the last {R} tokens can reach: at this budget the slow path brings '
+               'tokens from beyond the window into the prediction.')
+  elif local is not None and local.verdict == stats.EQUAL:
+    verdict = ('The local fast path alone has learned what its window shows, yet no slow path '
+               'is shown below it: at this budget the slow paths do not bring the distant past '
+               'into the prediction.')
+  elif local is not None and local.mean > value - whole:
+    verdict = ('No local arm is shown below it, and the local fast path alone ends '
+               f'{local.mean:.3f} above it on average, more than the {value - whole:.3f} the whole '
+               'past adds: the models have not yet learned what their windows show, so a slow '
+               'path has little to add yet, and the differences above measure how fast each arm '
+               'learns the local structure at equal FLOPs (a local arm takes more tokens) more '
+               'than the value of the distant past.')
+  else:
+    verdict = ('No local arm is shown below it: the data do not show a slow path bringing the '
+               'distant past into the prediction at this budget.')
+  return (f'**Beyond the window on {group}.** The arms end {min(gaps):.3f} to {max(gaps):.3f} '
+          f'nats above the whole-past optimum. The best any predictor can do from the last {R} '
+          "tokens (the local stack's reach: each windowed layer looks W - 1 tokens back) is "
+          f'{value:.4f}, {value - whole:.4f} above the whole past: a local arm below it must use '
+          'older tokens, which only its slow path (the hourglass: its shortened stack) brings. '
+          'The optimum is exact on the validation windows scored; each arm minus it over its '
+          f'seeds, Holm over these comparisons alone: {parts} {verdict}\n')
 
 
 def render(numbers: dict[str, Any], out_dir: pathlib.Path, rerendered: bool = False
@@ -434,10 +496,11 @@ def render(numbers: dict[str, Any], out_dir: pathlib.Path, rerendered: bool = Fa
   lines = [report.header('Long context: a local fast path, a global slow path (long_context)',
                          numbers['provenance'], rerendered),
            QUESTION.format(W=window), setup_text(numbers), budget_text(numbers)]
-  lines += [source_text(g, numbers['sources'][g], max(a['tokens'] for a in s['arms'].values()))
+  lines += [source_text(g, numbers['sources'][g], max(a['tokens'] for a in s['arms'].values()),
+                        numbers['config']['data'])
             for g, s in summary.items()]
   lines += [stats.method(sum(map(len, comps.values()))),
-            answer(summary, comps, numbers['sources'], window)]
+            answer(summary, comps, numbers['sources'])]
   for g, s in summary.items():
     late = {f'{a} − {b}': late_positions(summary, g, a, b, start)
             for a, b in (('fastslow local', 'dense local'), ('fastslow local', 'dense full'))}
@@ -494,15 +557,16 @@ def write(results: list[dict[str, Any]], *, root: pathlib.Path, out_dir: pathlib
 def run(*, name: str = 'long_context', specs: Sequence[str] = ('long_range', CORPUS),
         seeds: Sequence[int] = (0, 1, 2), budgets: Sequence[float] = (131_072, 32_768),
         seq_len: int = 2048, window: int = 64, P: int = 16, evals: int = 3,
-        timing_rounds: int = 3, workdir_root: str | None = None, out_dir: str | None = None,
-        command: str = '', log=print) -> pathlib.Path:
+        timing_rounds: int = 3, overrides: dict[str, Any] | None = None,
+        workdir_root: str | None = None, out_dir: str | None = None, command: str = '',
+        log=print) -> pathlib.Path:
   """Runs (or reuses) the grid, evaluates every run and writes the report."""
   if len(budgets) != len(specs):
     raise UsageError(f'--budgets gives {len(budgets)} budgets for {len(specs)} sources: give one '
                      'per --data entry (dense full\'s training tokens).')
   root, out = repo.runs_root(name, workdir_root), repo.report_dir(name, out_dir)
   runs = build_runs(specs=specs, seeds=seeds, budgets=budgets, seq_len=seq_len, window=window,
-                    P=P, evals=evals)
+                    P=P, evals=evals, overrides=overrides)
   results = grid.run_grid(runs, root, devices=jax.devices()[:1], log=log)
   times, notes = timing.time_grid(runs, root, key=lambda r: r.label, rounds=timing_rounds,
                                   steps_per_round=1, devices=jax.devices()[:1], log=log)
@@ -519,7 +583,8 @@ def main():
     return
   run(name=f.name, specs=f.data, seeds=[int(s) for s in f.seeds],
       budgets=[grid.parse_tokens(b) for b in f.budgets], seq_len=f.seq_len, window=f.window,
-      P=f.P, evals=f.evals, timing_rounds=f.timing_rounds, workdir_root=f.workdir_root,
+      P=f.P, evals=f.evals, timing_rounds=f.timing_rounds,
+      overrides=grid.parse_overrides(f.set), workdir_root=f.workdir_root,
       out_dir=f.out_dir, command=report.command_line('experiments.long_context'))
 
 
@@ -536,6 +601,8 @@ def define_flags():
   flags.DEFINE_integer('evals', 3, 'Validation points per run.', lower_bound=1)
   flags.DEFINE_integer('timing_rounds', 3, 'Interleaved rounds of the step-time benchmark (one '
                        'step per arm per round, after one warm-up round).', lower_bound=1)
+  flags.DEFINE_list('set', [], 'Config overrides field=value for every arm, e.g. the source: '
+                    'data.long_range_bits=8,data.long_range_bias=0.4.')
   flags.DEFINE_string('name', 'long_context', 'Report / workdir name.')
   flags.DEFINE_string('workdir_root', None, 'Where the runs go (default workdirs/<name>).')
   flags.DEFINE_string('out_dir', None, 'Where the report goes (default '

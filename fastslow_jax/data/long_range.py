@@ -80,7 +80,8 @@ class LongRangeSource:
     ones = np.take_along_axis(seen, (2 * group + 1)[:, None], 1)[:, 0]
     zeros = np.take_along_axis(seen, (2 * group)[:, None], 1)[:, 0]
     evidence = np.log((0.5 + self.bias) / (0.5 - self.bias))
-    posterior = 1 / (1 + np.exp(-(ones - zeros) * evidence))  # p(z_g = 1 | context).
+    # p(z_g = 1 | context), the logistic of the log-odds (tanh: no overflow at long contexts).
+    posterior = 0.5 * (1 + np.tanh(0.5 * (ones - zeros) * evidence))
     sign = 2 * (c[:, 1:] % 2) - 1
     code_p = (0.5 + self.bias * sign * (2 * posterior - 1)) / self.M
     return np.log(self.chain[a[:, :-1], a[:, 1:]]) + np.log(code_p)
