@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import math
 import pathlib
-import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -159,18 +158,27 @@ def run_details(result: dict[str, Any], root: pathlib.Path, step_s: float) -> di
           'attention': attention_flops(config), 'step_s': step_s}
 
 
+def stack_reach(num_layers: int, window: int) -> int:
+  """How far back a stack of `num_layers` windowed layers sees: L (W - 1) + 1 tokens."""
+  return num_layers * (window - 1) + 1
+
+
+def reach_name(reach: int) -> str:
+  """The name of the optimum over the local stack's reach in a source's optima."""
+  return f"last {reach} tokens (the local stack's reach)"
+
+
 def source_facts(config: ml_collections.ConfigDict, window: int) -> dict[str, Any]:
   """The exact optima of the long-range source on the validation windows scored (whole past,
   the last W tokens, the dense local stack's reach, one token), or the corpus's epoch check."""
   scored, _ = grid.validation_windows(config)
   source = data.source(config.data)
-  T, L = config.model.seq_len, config.model.num_layers
+  T = config.model.seq_len
   if config.data.kind == 'long_range':
-    reach = L * (window - 1) + 1
+    reach = stack_reach(config.model.num_layers, window)
     optimum = lambda w: source.bayes_optimal_ce(seq_len=T, num_windows=scored, window=w)
     return {'optimum': {'whole past': optimum(None), f'last {window} tokens': optimum(window),
-                        f'last {reach} tokens (the local stack\'s reach)': optimum(reach),
-                        'one token': optimum(1)}}
+                        reach_name(reach): optimum(reach), 'one token': optimum(1)}}
   manifest = data.sources.tokens.read_manifest(config.data.path)
   return {'train_tokens': manifest['splits']['train']['tokens'],
           'validation_tokens': manifest['splits']['validation']['tokens']}
@@ -389,7 +397,7 @@ def group_section(group: str, s: dict[str, Any], comps: dict[str, stats.Comparis
 
 
 def answer(summary: dict[str, Any], comps: dict[str, dict[str, stats.Comparison]],
-           sources: dict[str, Any]) -> str:
+           sources: dict[str, Any], reach: int) -> str:
   """The question's answer on each source, in the words of stats, with the attention cost, and
   (on a source with known optima) whether the arms use more than their windows can see."""
   lines = ['## Answer\n']
@@ -415,42 +423,30 @@ def answer(summary: dict[str, Any], comps: dict[str, dict[str, stats.Comparison]
     lines.append(f'**{group}:** ' + '; '.join(parts) + '. Against the same local fast path '
                  'alone: ' + ' '.join(helps) + '\n')
     optimum = sources.get(group, {}).get('optimum', {})
-    beyond = beyond_reach(arms, optimum)
+    beyond = beyond_reach(arms, optimum, reach)
     if beyond:
-      lines.append(beyond_text(group, arms, optimum, beyond))
+      lines.append(beyond_text(group, arms, optimum, reach, beyond))
   return '\n'.join(lines)
 
 
-REACH = re.compile(r'last (\d+) tokens \(the local stack')
-
-
-def reach_optimum(optimum: dict[str, float]) -> tuple[int, float] | None:
-  """(R, the optimum of a predictor that sees only the last R tokens) for R the local stack's
-  reach (its windowed layers times W - 1, plus one), where the source's optima hold it."""
-  for name, value in optimum.items():
-    if (m := REACH.match(name)):
-      return int(m.group(1)), value
-  return None
-
-
-def beyond_reach(arms: dict[str, Any], optimum: dict[str, float]
+def beyond_reach(arms: dict[str, Any], optimum: dict[str, float], reach: int
                  ) -> dict[str, stats.Comparison]:
   """Each local arm's final loss minus the optimum of its stack's reach, over its seeds (Holm
   over these comparisons alone): below zero, the arm uses tokens older than any window of its
-  stack can see, which only its slow path brings. Empty without the optima."""
-  reach = reach_optimum(optimum)
-  if reach is None:
+  stack can see, which only its slow path brings. Empty without that optimum."""
+  value = optimum.get(reach_name(reach))
+  if value is None:
     return {}
-  R, value = reach
   pairs = {label: stats.paired(dict(zip(a['seeds'], a['val'])), {s: value for s in a['seeds']})
            for label, a in arms.items() if label != 'dense full'}
   return stats.family(pairs) if pairs else {}
 
 
-def beyond_text(group: str, arms: dict[str, Any], optimum: dict[str, float],
+def beyond_text(group: str, arms: dict[str, Any], optimum: dict[str, float], R: int,
                 beyond: dict[str, stats.Comparison]) -> str:
-  """Where the arms end against what their windows can know, and what the data say of it."""
-  R, value = reach_optimum(optimum)
+  """Where the arms end against what their windows can know (the optimum over the last R
+  tokens), and what the data say of it."""
+  value = optimum[reach_name(R)]
   whole = optimum['whole past']
   gaps = [float(np.mean(a['val'])) - whole for a in arms.values()]
   below = [label for label, c in beyond.items()
@@ -500,7 +496,8 @@ def render(numbers: dict[str, Any], out_dir: pathlib.Path, rerendered: bool = Fa
                         numbers['config']['data'])
             for g, s in summary.items()]
   lines += [stats.method(sum(map(len, comps.values()))),
-            answer(summary, comps, numbers['sources'])]
+            answer(summary, comps, numbers['sources'],
+                   stack_reach(numbers['config']['model']['num_layers'], window))]
   for g, s in summary.items():
     late = {f'{a} − {b}': late_positions(summary, g, a, b, start)
             for a, b in (('fastslow local', 'dense local'), ('fastslow local', 'dense full'))}
