@@ -37,18 +37,22 @@ SIZES = ('tiny', 'small', '124m', '350m', '1b')
 TOPOLOGIES = ('v4-32', 'v5litepod-16', 'v5p-16', 'v6e-8')
 # Rows beside the grid: the layer scan off where it matters (an unscanned 24-layer model takes
 # over 15 minutes to compile here, so the 12-layer 124m shows it), the 1b compile-time target,
-# and 350m with both changes the estimate credits most (launch/README.md, "The targets").
+# and 350m and 1b with the two changes the estimate credits most, splash attention and the least
+# recomputation that fits (launch/README.md, "The targets").
+_SPLASH = {'model.attention_impl': 'splash'}
 EXTRA_ROWS = (('124m', 'v5litepod-16', {'model.scan_layers': False}),
               ('124m', 'v5e:2x2', {}), ('124m', 'v5e:2x2', {'grad_accum_steps': 4}),
               ('1b', 'v5e:4x4', {}),
-              ('350m', 'v5p-16', {'model.attention_impl': 'splash', 'model.remat': 'none'}))
+              ('350m', 'v5p-16', {**_SPLASH, 'model.remat': 'none'}),
+              ('350m', 'v5litepod-16', {**_SPLASH, 'model.remat': 'dots_saveable'}),
+              ('1b', 'v5p-16', {**_SPLASH, 'model.remat': 'dots_saveable'}))
 
 # What a user chooses between, on one slice: per group, sets of rows (size, slice, variants) that
 # differ in one respect, each set against its first variant.
 _ARMS = (('dense', {'model.arm': 'dense'}), ('coupled', {}),
          ('hourglass', {'model.family': 'hourglass'}),
          ('compressed', {'model.family': 'compressed'}))
-_KERNELS = (('reference', {}), ('splash', {'model.attention_impl': 'splash'}))
+_KERNELS = (('reference', {}), ('splash', _SPLASH))
 _REMATS = (('full', {}), *((p, {'model.remat': p}) for p in ('none', 'dots_saveable', 'minimal')))
 COMPARISONS = (
     ('Arm and family', 'dense', (('124m', 'v5litepod-16', _ARMS), ('350m', 'v5litepod-16', _ARMS),
