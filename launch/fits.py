@@ -54,10 +54,16 @@ _ARMS = (('dense', {'model.arm': 'dense'}), ('coupled', {}),
          ('compressed', {'model.family': 'compressed'}))
 _KERNELS = (('reference', {}), ('splash', _SPLASH))
 _REMATS = (('full', {}), *((p, {'model.remat': p}) for p in ('none', 'dots_saveable', 'minimal')))
+# The slow path's cost against its block length: per-block work falls as 1/P, token-rate work
+# (pooling, broadcasting, the gate) does not (launch/README.md, "The targets").
+_BLOCKS = (_ARMS[0], ('coupled, P=16', {}),
+           *((f'coupled, P={P}', {'model.P': P}) for P in (32, 64)))
 COMPARISONS = (
     ('Arm and family', 'dense', (('124m', 'v5litepod-16', _ARMS), ('350m', 'v5litepod-16', _ARMS),
                                  ('124m', 'v5p-16', _ARMS[:2]), ('350m', 'v5p-16', _ARMS[:2]),
                                  ('1b', 'v5p-16', _ARMS[:2]))),
+    ('Slow path block length', 'dense', (('124m', 'v5litepod-16', _BLOCKS),
+                                         ('124m', 'v5p-16', _BLOCKS))),
     ('Attention kernel', 'reference', (('124m', 'v5litepod-16', _KERNELS),
                                        ('350m', 'v5litepod-16', _KERNELS),
                                        ('350m', 'v5p-16', _KERNELS), ('1b', 'v5p-16', _KERNELS))),
