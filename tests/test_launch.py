@@ -502,6 +502,14 @@ def test_aot_compile_for_tpu_compiles_or_skips_in_one_line():
 # --------------------------------------------------------------------------- fits.py
 
 
+def run_fits(*args: str) -> None:
+  """`python -m launch.fits *args` in its own process, without the tests' simulated devices."""
+  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  result = subprocess.run([sys.executable, '-m', 'launch.fits', *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-2000:]
+
+
 def test_fits_writes_its_table_from_cached_rows_without_compiling(tmp_path):
   cache = tmp_path / 'cache'
   cache.mkdir()
@@ -514,13 +522,8 @@ def test_fits_writes_its_table_from_cached_rows_without_compiling(tmp_path):
     figures.update(size=size, topology='v5e:2x2', overrides={}, wall_s=5.0)
     (cache / f'{size}@v5e_2x2.json').write_text(json.dumps(figures))
   out = tmp_path / 'FITS.md'
-  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
-  result = subprocess.run([sys.executable, '-m', 'launch.fits', '--sizes=tiny,small,124m',
-                           '--topologies=v5e:2x2', '--extra_rows=false', '--comparisons=false',
-                           '--long_context=false', f'--cache_dir={cache}',
-                           f'--out={out}'], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=300)
-  assert result.returncode == 0, result.stderr[-2000:]
+  run_fits('--sizes=tiny,small,124m', '--topologies=v5e:2x2', '--extra_rows=false',
+           '--comparisons=false', '--long_context=false', f'--cache_dir={cache}', f'--out={out}')
   table = [line for line in out.read_text().splitlines() if line.startswith('| ')]
   figures = '4 s | 6 s | 3.00 MiB | 1.00 GiB | 16 GiB'
   assert table[1:] == [
@@ -533,10 +536,7 @@ def test_committed_fits_is_written_from_the_committed_rows(tmp_path):
   """launch/FITS.md is what `launch.fits --nocompile` writes from launch/fits_rows/ (every row
   cached, none "not compiled yet"), apart from the command line and the time stamp."""
   out = tmp_path / 'FITS.md'
-  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
-  result = subprocess.run([sys.executable, '-m', 'launch.fits', '--nocompile', f'--out={out}'],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-  assert result.returncode == 0, result.stderr[-2000:]
+  run_fits('--nocompile', f'--out={out}')
   body = lambda text: [line for line in text.splitlines()
                        if not line.startswith(('python -m launch.fits', 'Generated '))]
   committed = (LAUNCH / 'FITS.md').read_text()
